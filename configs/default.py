@@ -1,0 +1,46 @@
+"""Default job: SoftPatch-LOF on the ELPV solar cells (mono and poly), 10% noise, EfficientNet-Lite0.
+
+Every field can be overridden on the command line, e.g. `--config.model.discriminator=gaussian`.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "elpv"             # elpv | mvtec
+    config.data.root = ""                 # elpv: '' = the elpv-dataset package's files
+    config.data.category = "all"          # one name, a comma list, or all
+    config.data.resize = 256
+    config.data.image_size = 224
+    config.data.batch_size = 16
+    config.data.train_fraction = 0.5      # datasets without a split (ELPV): normals used to train
+    config.data.max_train = 100           # cap on clean training images (0 = all), seeded draw
+    config.data.max_test = 200            # cap on test images (0 = all), seeded, stratified
+
+    config.noise = ml_collections.ConfigDict()
+    config.noise.ratio = 0.1
+    config.noise.overlap = False
+    config.noise.files = ""               # comma list of test sample names, overrides the draw
+
+    config.model = ml_collections.ConfigDict()
+    config.model.backbone = "efficientnet_lite0"
+    config.model.weights = ""             # '' = packaged ImageNet weights, 'random', or a .pth path
+    config.model.layers = "stage3,stage5"  # taps: stride-8 and stride-16 stage ends
+    config.model.discriminator = "lof"    # none (PatchCore) | nearest | gaussian | lof
+    config.model.threshold = 0.15
+    config.model.lof_k = 6
+    config.model.coreset_ratio = 0.1
+    config.model.soft_weight = True
+    config.model.embed_dim = 1024
+    config.model.patch_size = 3
+    config.model.projection_dim = 128
+    config.model.num_starts = 10
+    config.model.blur_sigma = 4.0
+
+    config.runtime = ml_collections.ConfigDict()
+    config.runtime.memory_budget_mb = 1024
+    config.runtime.cache_dir = ""         # converted weights; '' = ~/.cache/softpatch_jax
+    return config

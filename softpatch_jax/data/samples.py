@@ -1,0 +1,24 @@
+"""What a dataset reader yields: one category's clean training and test samples, by file."""
+import dataclasses
+from typing import List, Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    path: str                 # image file
+    label: int                # 0 normal, 1 anomalous
+    defect: str               # 'good' or the defect type
+    name: str                 # stable id, e.g. 'test/bent_lead/002.png'
+    mask_path: Optional[str] = None  # ground-truth mask file; None = all zeros
+
+
+@dataclasses.dataclass(frozen=True)
+class Category:
+    name: str
+    train: List[Sample]       # clean (normal) training images
+    test: List[Sample]        # normal and anomalous test images
+    has_masks: bool           # pixel-level ground truth exists
+
+    @property
+    def anomalous_test(self) -> List[Sample]:
+        return [s for s in self.test if s.label == 1]

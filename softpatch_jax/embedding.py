@@ -1,0 +1,58 @@
+"""Images -> patch features: the backbone's tapped maps through `features.patch_features`, jitted
+as one function and run over a streaming batch iterator."""
+import functools
+from typing import Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from softpatch_jax import features
+from softpatch_jax.backbones import build_backbone
+from softpatch_jax.data import preprocess
+
+
+class Embedder:
+    """Holds a backbone and its variables; `__call__` maps (B, H, W, 3) images to (B, P, E)."""
+
+    def __init__(self, backbone: str, layers: Sequence[str], weights: str = "",
+                 cache_dir: str = "", seed: int = 0, embed_dim: int = 1024, patch_size: int = 3):
+        self.layers = tuple(layers)
+        self.module, self.variables = build_backbone(backbone, self.layers, weights, cache_dir,
+                                                     seed)
+        self.embed_dim, self.patch_size = embed_dim, patch_size
+        self._fn = jax.jit(functools.partial(self._embed, self.module, self.layers,
+                                             embed_dim, patch_size))
+
+    @staticmethod
+    def _embed(module, layers, embed_dim, patch_size, variables, images):
+        maps = module.apply(variables, images)
+        ordered = sorted((maps[name] for name in layers), key=lambda m: -m.shape[1])  # finest first
+        return features.patch_features(ordered, embed_dim, patch_size)
+
+    def grid(self, image_size: int) -> Tuple[int, int]:
+        """Patch grid (h, w) for square inputs of `image_size`."""
+        out = jax.eval_shape(lambda v, x: self.module.apply(v, x), self.variables,
+                             jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+        h = max(m.shape[1] for m in out.values())
+        w = max(m.shape[2] for m in out.values())
+        return h, w
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._fn(self.variables, jnp.asarray(images)))
+
+    def embed_paths(self, paths: Sequence[str], resize: int, image_size: int,
+                    batch_size: int = 16, desc: str = "features") -> np.ndarray:
+        """Reads, preprocesses and embeds images -> (N, P, E) float32."""
+        h, w = self.grid(image_size)
+        out = np.empty((len(paths), h * w, self.embed_dim), np.float32)
+        with tqdm(total=len(paths), desc=desc, leave=False) as bar:
+            for start, imgs in preprocess.batches(paths, batch_size, resize, image_size):
+                n = imgs.shape[0]
+                if n < batch_size:  # one compiled shape
+                    imgs = np.concatenate([imgs, np.zeros((batch_size - n,) + imgs.shape[1:],
+                                                          imgs.dtype)])
+                out[start:start + n] = self(imgs)[:n]
+                bar.update(n)
+        return out

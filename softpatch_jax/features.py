@@ -1,0 +1,79 @@
+"""Locally aware patch features (METHOD.md step 3), as in PatchCore/SoftPatch.
+
+Every resampling step is a fixed linear map built in NumPy from PyTorch's exact rule (bilinear with
+align_corners=False; adaptive average pooling bins [floor(i*L/O), ceil((i+1)*L/O))), so the JAX
+graph is a few matmuls and the maps can be tested against direct loops.
+"""
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def adaptive_pool_matrix(length: int, out: int) -> np.ndarray:
+    """(out, length) matrix of torch.nn.functional.adaptive_avg_pool1d from `length` to `out`."""
+    m = np.zeros((out, length), np.float64)
+    for i in range(out):
+        start = (i * length) // out
+        end = -((-(i + 1) * length) // out)  # ceil
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) matrix of 1-D linear interpolation, PyTorch align_corners=False."""
+    m = np.zeros((size_out, size_in), np.float64)
+    scale = size_in / size_out
+    for o in range(size_out):
+        src = max((o + 0.5) * scale - 0.5, 0.0)
+        i0 = min(int(np.floor(src)), size_in - 1)
+        i1 = min(i0 + 1, size_in - 1)
+        frac = src - i0
+        m[o, i0] += 1.0 - frac
+        m[o, i1] += frac
+    return m
+
+
+def unfold3x3(x: jnp.ndarray, patch_size: int = 3) -> jnp.ndarray:
+    """(B, H, W, C) -> (B, H, W, C*p*p) neighbourhoods, zero padded, flattened channel-major."""
+    pad = (patch_size - 1) // 2
+    b, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    shifts = [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(patch_size) for dx in range(patch_size)]
+    return jnp.stack(shifts, axis=-1).reshape(b, h, w, c * patch_size * patch_size)
+
+
+def adaptive_pool_gather(length: int, out: int):
+    """Sparse form of `adaptive_pool_matrix`: (out, K) indices and weights, K = widest bin."""
+    m = adaptive_pool_matrix(length, out)
+    width = int((m > 0).sum(1).max())
+    idx = np.zeros((out, width), np.int32)
+    wts = np.zeros((out, width), np.float32)
+    for i in range(out):
+        nz = np.nonzero(m[i])[0]
+        idx[i, :len(nz)] = nz
+        wts[i, :len(nz)] = m[i, nz]
+    return idx, wts
+
+
+def adaptive_avg_pool_last(x: jnp.ndarray, out: int) -> jnp.ndarray:
+    """(..., L) -> (..., out): adaptive_avg_pool1d over the last axis, as a gather (bins are narrow)."""
+    idx, wts = adaptive_pool_gather(x.shape[-1], out)
+    return jnp.sum(jnp.take(x, jnp.asarray(idx), axis=-1) * jnp.asarray(wts), axis=-1)
+
+
+def patch_features(maps: Sequence[jnp.ndarray], embed_dim: int = 1024,
+                   patch_size: int = 3) -> jnp.ndarray:
+    """Feature maps [(B, H_l, W_l, C_l)], finest first -> (B, H_0*W_0, embed_dim) patch features."""
+    b, h0, w0, _ = maps[0].shape
+    pooled = []
+    for x in maps:
+        _, h, w, c = x.shape
+        u = unfold3x3(x, patch_size)  # (B, h, w, C*9)
+        if (h, w) != (h0, w0):
+            ry = jnp.asarray(bilinear_matrix(h, h0), jnp.float32)
+            rx = jnp.asarray(bilinear_matrix(w, w0), jnp.float32)
+            u = jnp.einsum("yh,bhwc,xw->byxc", ry, u, rx)
+        pooled.append(adaptive_avg_pool_last(u.reshape(b, h0 * w0, -1), embed_dim))  # (B, P, E)
+    stacked = jnp.concatenate(pooled, axis=-1)  # layer-major (B, P, L*E)
+    return adaptive_avg_pool_last(stacked, embed_dim)

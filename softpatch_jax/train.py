@@ -1,0 +1,107 @@
+"""Fit and evaluate SoftPatch on every selected category; write results as each one finishes."""
+import logging
+import os
+import time
+import zlib
+from typing import Dict
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from softpatch_jax import anomaly_map, data, metrics, report, softpatch
+from softpatch_jax.data import noise, preprocess
+from softpatch_jax.embedding import Embedder
+
+
+def validate(config) -> None:
+    """Fails fast, with one line naming the field, on impossible settings."""
+    m = config.model
+    if m.discriminator not in ("none",) + softpatch.discriminators.METHODS:
+        raise ValueError(f"model.discriminator={m.discriminator!r} is unknown; choose none, "
+                         f"{', '.join(softpatch.discriminators.METHODS)}")
+    if config.data.image_size > config.data.resize:
+        raise ValueError(f"data.image_size={config.data.image_size} exceeds data.resize="
+                         f"{config.data.resize}; the centre crop must fit the resized image")
+    if not 0.0 < m.coreset_ratio <= 1.0:
+        raise ValueError(f"model.coreset_ratio={m.coreset_ratio} must lie in (0, 1]")
+    if not 0.0 <= m.threshold < 1.0:
+        raise ValueError(f"model.threshold={m.threshold} must lie in [0, 1)")
+    if config.noise.ratio < 0:
+        raise ValueError(f"noise.ratio={config.noise.ratio} must be >= 0")
+
+
+def prepare_split(config, category: str) -> noise.NoisySplit:
+    """Clean data of one category, capped as configured, with noise injected."""
+    cat = data.load_category(config.data, category, config.seed)
+    train = noise.subsample(cat.train, config.data.max_train,
+                            noise.category_rng(config.seed, category, "train"))
+    test = noise.subsample(cat.test, config.data.max_test,
+                           noise.category_rng(config.seed, category, "test"), stratify=True)
+    cat = data.Category(cat.name, train, test, cat.has_masks)
+    files = [f.strip() for f in config.noise.files.split(",") if f.strip()]
+    return noise.inject_noise(cat, config.noise.ratio, config.noise.overlap, config.seed, files)
+
+
+def evaluate_category(config, category: str, embedder: Embedder, workdir: str) -> Dict:
+    split = prepare_split(config, category)
+    with open(os.path.join(workdir, f"noise_{category}.txt"), "w") as f:
+        f.writelines(s.name + "\n" for s in split.injected)
+    d, m = config.data, config.model
+    t0 = time.time()
+    train_feats = embedder.embed_paths([s.path for s in split.train], d.resize, d.image_size,
+                                       d.batch_size, f"{category}: train features")
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), zlib.crc32(category.encode()))
+    t1 = time.time()
+    fitted = softpatch.fit(train_feats, key, m.discriminator, m.lof_k, m.threshold,
+                           m.coreset_ratio, m.projection_dim, m.num_starts,
+                           config.runtime.memory_budget_mb, progress=True)
+    del train_feats
+    t2 = time.time()
+    test_feats = embedder.embed_paths([s.path for s in split.test], d.resize, d.image_size,
+                                      d.batch_size, f"{category}: test features")
+    soft = m.soft_weight and m.discriminator != "none"
+    patch = softpatch.predict(test_feats, fitted.bank, soft, config.runtime.memory_budget_mb)
+    h, w = embedder.grid(d.image_size)
+    grids = patch.reshape(-1, h, w)
+    labels = np.array([s.label for s in split.test])
+    result = {
+        "image_auroc": metrics.image_auroc(labels, grids.max(axis=(1, 2))),
+        "n_train_clean": len(split.train) - len(split.injected),
+        "n_noise": len(split.injected),
+        "n_test": len(split.test),
+        "n_test_anomalous": int(labels.sum()),
+        "memory_bank": int(fitted.bank.features.shape[0]),
+    }
+    cat_has_masks = any(s.mask_path for s in split.test)
+    if cat_has_masks:
+        maps = anomaly_map.anomaly_maps(grids, d.image_size, m.blur_sigma)
+        masks = np.stack([preprocess.load_mask(s.mask_path, d.resize, d.image_size, s.path)
+                          for s in split.test])
+        result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
+    t3 = time.time()
+    result.update(seconds_features_train=round(t1 - t0, 2), seconds_fit=round(t2 - t1, 2),
+                  seconds_predict=round(t3 - t2, 2))
+    return result
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Dict]:
+    validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    categories = data.category_names(config.data.name, config.data.root, config.data.category)
+    layers = [s.strip() for s in config.model.layers.split(",") if s.strip()]
+    embedder = Embedder(config.model.backbone, layers, config.model.weights,
+                        config.runtime.cache_dir, config.seed, config.model.embed_dim,
+                        config.model.patch_size)
+    title = (f"{config.data.name}: discriminator={config.model.discriminator}, "
+             f"noise={config.noise.ratio} ({'overlap' if config.noise.overlap else 'no overlap'}), "
+             f"{config.model.backbone}")
+    results: Dict[str, Dict] = {}
+    for category in tqdm(categories, desc="categories", disable=len(categories) < 2):
+        start = time.time()
+        results[category] = evaluate_category(config, category, embedder, workdir)
+        results[category]["seconds"] = round(time.time() - start, 2)
+        logging.info("%s: %s", category, {k: v for k, v in results[category].items()})
+        report.write_results(workdir, results, config.to_dict(), title)  # results as they go
+    print(report.markdown_table(results, title))
+    return results
