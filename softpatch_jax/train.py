@@ -31,6 +31,14 @@ def validate(config) -> None:
         raise ValueError(f"noise.ratio={config.noise.ratio} must be >= 0")
 
 
+def noise_file_list(spec: str):
+    """noise.files: a comma list of sample names, or the path of a text file with one per line."""
+    if spec and os.path.isfile(spec):
+        with open(spec) as f:
+            return [line.strip() for line in f if line.strip()]
+    return [f.strip() for f in spec.split(",") if f.strip()]
+
+
 def prepare_split(config, category: str) -> noise.NoisySplit:
     """Clean data of one category, capped as configured, with noise injected."""
     cat = data.load_category(config.data, category, config.seed)
@@ -39,7 +47,7 @@ def prepare_split(config, category: str) -> noise.NoisySplit:
     test = noise.subsample(cat.test, config.data.max_test,
                            noise.category_rng(config.seed, category, "test"), stratify=True)
     cat = data.Category(cat.name, train, test, cat.has_masks)
-    files = [f.strip() for f in config.noise.files.split(",") if f.strip()]
+    files = noise_file_list(config.noise.files)
     return noise.inject_noise(cat, config.noise.ratio, config.noise.overlap, config.seed, files)
 
 

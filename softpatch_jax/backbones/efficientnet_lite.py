@@ -11,6 +11,7 @@ import math
 from typing import Dict, Sequence, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # (repeats, kernel, stride, expand ratio, in filters, out filters) of Lite0; scaled for Lite1/2.
@@ -85,6 +86,36 @@ def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
     return pad // 2, pad - pad // 2
 
 
+class DepthwiseConv(nn.Module):
+    """Depthwise convolution as a sum of k*k shifted, per-channel-scaled slices.
+
+    Same parameter as nn.Conv(feature_group_count=C) (kernel (k, k, 1, C)), same result; XLA's CPU
+    grouped convolution is 10-40x slower than this elementwise form, which fuses into one loop.
+    """
+    kernel: int
+    stride: int
+    padding: Sequence[Tuple[int, int]]
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        w = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel, self.kernel, 1, c))
+        w = w.astype(self.dtype)
+        xp = jnp.pad(x, ((0, 0), tuple(self.padding[0]), tuple(self.padding[1]), (0, 0)))
+        k, s = self.kernel, self.stride
+        h_out = (xp.shape[1] - k) // s + 1
+        w_out = (xp.shape[2] - k) // s + 1
+        out = None
+        for dy in range(k):
+            for dx in range(k):
+                tap = jax.lax.slice(xp, (0, dy, dx, 0),
+                                    (xp.shape[0], dy + (h_out - 1) * s + 1,
+                                     dx + (w_out - 1) * s + 1, c), (1, s, s, 1)) * w[dy, dx, 0]
+                out = tap if out is None else out + tap
+        return out
+
+
 class _ConvBN(nn.Module):
     features: int
     kernel: int = 1
@@ -96,9 +127,11 @@ class _ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x):
         pads = [same_padding(x.shape[d], self.kernel, self.stride) for d in (1, 2)]
-        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride, padding=pads,
-                    feature_group_count=self.groups, use_bias=False, dtype=self.dtype,
-                    name="conv")(x)
+        if self.groups > 1:
+            x = DepthwiseConv(self.kernel, self.stride, pads, self.dtype, name="conv")(x)
+        else:
+            x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
+                        padding=pads, use_bias=False, dtype=self.dtype, name="conv")(x)
         x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, dtype=self.dtype, name="bn")(x)
         return jnp.clip(x, 0.0, 6.0) if self.act else x
 

@@ -1,0 +1,139 @@
+"""Readers, preprocessing and the noisy-data protocol on generated data."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from softpatch_jax import data
+from softpatch_jax.data import elpv, mvtec, noise, preprocess, synthetic
+
+
+def test_mvtec_reader_counts_and_masks(mvtec_root):
+    cat = mvtec.load_category(mvtec_root, "widget")
+    assert len(cat.train) == 12 and len(cat.test) == 12 and cat.has_masks
+    assert {s.defect for s in cat.test} == {"good", "blob", "scratch"}
+    assert all((s.mask_path is None) == (s.label == 0) for s in cat.test)
+    assert cat.test[0].name.startswith("test/")
+
+
+def test_category_selection(mvtec_root):
+    assert data.category_names("mvtec", mvtec_root, "all") == ["widget"]
+    assert data.category_names("mvtec", mvtec_root, "widget") == ["widget"]
+    with pytest.raises(ValueError, match="unknown category bolt.*available: widget"):
+        data.category_names("mvtec", mvtec_root, "widget,bolt")
+    with pytest.raises(FileNotFoundError, match="does not exist; set data.root"):
+        data.category_names("mvtec", mvtec_root + "/missing", "all")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.category_names("kitti", mvtec_root, "all")
+
+
+def test_missing_mask_is_named(tmp_path):
+    base = synthetic.make_mvtec_category(str(tmp_path), "w", n_train=2, n_good=1, n_defect=1)
+    (tmp_path / "w" / "ground_truth" / "blob" / "000_mask.png").unlink()
+    with pytest.raises(FileNotFoundError, match="000_mask.png.*missing"):
+        mvtec.load_category(str(tmp_path), "w")
+    assert base
+
+
+def test_preprocessing_resize_crop_normalise(tmp_path):
+    img = (np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    out = preprocess.load_image(str(tmp_path / "a.png"), 256, 224)
+    assert out.shape == (224, 224, 3) and out.dtype == np.float32
+    # The same steps done by hand with PIL: shorter side 256, centre crop, ImageNet stats.
+    ref = Image.fromarray(img).resize((341, 256), Image.BILINEAR)
+    ref = np.asarray(ref.crop((58, 16, 282, 240)), np.float32) / 255.0
+    ref = (ref - preprocess.IMAGENET_MEAN) / preprocess.IMAGENET_STD
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+def test_grayscale_is_replicated_and_masks_threshold_at_one(tmp_path):
+    g = (np.arange(64 * 64) % 256).astype(np.uint8).reshape(64, 64)
+    Image.fromarray(g).save(tmp_path / "g.png")
+    out = preprocess.load_image(str(tmp_path / "g.png"), 64, 64)
+    np.testing.assert_allclose(out[..., 0] * preprocess.IMAGENET_STD[0] + preprocess.IMAGENET_MEAN[0],
+                               out[..., 1] * preprocess.IMAGENET_STD[1] + preprocess.IMAGENET_MEAN[1],
+                               atol=1e-6)
+    m = np.zeros((64, 64), np.uint8)
+    m[10:30, 10:30] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    mask = preprocess.load_mask(str(tmp_path / "m.png"), 32, 32)
+    assert mask.dtype == bool and mask.shape == (32, 32)
+    assert mask[8, 8] and not mask[4, 4] and not mask[15, 5]
+    assert not preprocess.load_mask(None, 32, 32).any()
+
+
+def test_bad_images_and_masks_are_named(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*bad.png"):
+        preprocess.load_image(str(tmp_path / "bad.png"))
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "mask.png")
+    with pytest.raises(ValueError, match="mask .*mask.png is 32x32 but its image"):
+        preprocess.load_mask(str(tmp_path / "mask.png"), 64, 64, str(tmp_path / "img.png"))
+
+
+def test_batches_stream_in_order(tmp_path):
+    paths = []
+    for i in range(5):
+        Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    got = list(preprocess.batches(paths, 2, 8, 8))
+    assert [s for s, _ in got] == [0, 2, 4] and [b.shape[0] for _, b in got] == [2, 2, 1]
+    firsts = np.concatenate([b[:, 0, 0, 0] for _, b in got])
+    assert np.all(np.diff(firsts) > 0)
+
+
+def _category(mvtec_root):
+    return mvtec.load_category(mvtec_root, "widget")
+
+
+def test_noise_counts_overlap_and_reproducibility(mvtec_root):
+    cat = _category(mvtec_root)
+    a = noise.inject_noise(cat, 0.5, overlap=False, seed=0)
+    assert len(a.injected) == int(0.5 * 12) == 6
+    assert len(a.train) == 18 and len(a.test) == 12 - 6
+    assert not {s.name for s in a.injected} & {s.name for s in a.test}
+    assert all(s.label == 1 for s in a.injected)
+    b = noise.inject_noise(cat, 0.5, overlap=True, seed=0)
+    assert [s.name for s in b.injected] == [s.name for s in a.injected]  # same seed, same draw
+    assert len(b.test) == 12 and {s.name for s in b.injected} <= {s.name for s in b.test}
+    c = noise.inject_noise(cat, 0.5, overlap=False, seed=1)
+    assert [s.name for s in c.injected] != [s.name for s in a.injected]
+    assert len(noise.inject_noise(cat, 0.0, False, 0).injected) == 0
+
+
+def test_noise_ratio_beyond_the_anomalies_is_an_error(mvtec_root):
+    with pytest.raises(ValueError, match=r"noise.ratio=0.9 needs 10 anomalous images but "
+                                         r"category 'widget' has only 8"):
+        noise.inject_noise(_category(mvtec_root), 0.9, False, 0)
+
+
+def test_explicit_noise_files(mvtec_root):
+    cat = _category(mvtec_root)
+    split = noise.inject_noise(cat, 0.1, False, 0, files=["test/blob/001.png"])
+    assert [s.name for s in split.injected] == ["test/blob/001.png"]
+    with pytest.raises(ValueError, match="not anomalous test images"):
+        noise.inject_noise(cat, 0.1, False, 0, files=["test/good/000.png"])
+
+
+def test_subsample_is_seeded_and_stratified(mvtec_root):
+    cat = _category(mvtec_root)
+    a = noise.subsample(cat.test, 6, noise.category_rng(0, "widget", "test"), stratify=True)
+    b = noise.subsample(cat.test, 6, noise.category_rng(0, "widget", "test"), stratify=True)
+    assert [s.name for s in a] == [s.name for s in b]
+    assert sum(s.label for s in a) == 4  # 8 of 12 anomalous -> 4 of 6
+    assert noise.subsample(cat.test, 0, np.random.default_rng(0)) == cat.test
+
+
+def test_elpv_split():
+    pytest.importorskip("elpv_dataset", reason="elpv-dataset not installed")
+    cat = elpv.load_category("", "mono", seed=0, train_fraction=0.5)
+    normal_test = [s for s in cat.test if s.label == 0]
+    assert len(cat.train) + len(normal_test) == 588 and len(cat.train) == 294
+    assert sum(s.label for s in cat.test) == 313 and not cat.has_masks
+    assert not {s.name for s in cat.train} & {s.name for s in normal_test}
+    again = elpv.load_category("", "mono", seed=0, train_fraction=0.5)
+    assert [s.name for s in again.train] == [s.name for s in cat.train]
+    assert elpv.list_categories("") == ["mono", "poly"]
+    with pytest.raises(ValueError, match="unknown ELPV category"):
+        elpv.load_category("", "cdte", seed=0)

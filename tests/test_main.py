@@ -1,0 +1,70 @@
+"""The command line end to end: generated data, the real (packaged) ELPV data, and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import MVTEC_ROOT, REPO
+
+SMALL = ["--config.data.resize=64", "--config.data.image_size=64", "--config.data.batch_size=8"]
+
+
+def _run(args, workdir, cache_dir):
+    env = dict(os.environ, XDG_CACHE_HOME=cache_dir)
+    return subprocess.run([sys.executable, "-m", "softpatch_jax.main", f"--workdir={workdir}"]
+                          + args, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_mvtec_format_end_to_end(mvtec_root, tmp_path, cache_dir):
+    out = _run(["--config=configs/mvtec.py", f"--config.data.root={mvtec_root}",
+                "--config.data.category=widget", "--config.noise.ratio=0.25",
+                "--config.noise.overlap=True"] + SMALL, tmp_path, cache_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    widget = result["categories"]["widget"]
+    assert widget["n_noise"] == 3 and widget["n_test"] == 12
+    assert 0.0 <= widget["image_auroc"] <= 1.0 and 0.0 <= widget["pixel_auroc"] <= 1.0
+    assert widget["pixel_auroc"] > 0.7  # the pasted blobs are easy to localise
+    assert result["config"]["model"]["discriminator"] == "lof"
+    assert "| widget |" in (tmp_path / "results.md").read_text()
+    assert len((tmp_path / "noise_widget.txt").read_text().split()) == 3
+
+
+def test_default_job_on_real_elpv_at_small_size(tmp_path, cache_dir):
+    """The embedded default on the real ELPV cells, small: 24 training cells, 40 test cells."""
+    out = _run(["--config=configs/default.py", "--config.data.max_train=24",
+                "--config.data.max_test=40", "--config.data.category=mono"] + SMALL,
+               tmp_path, cache_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    mono = json.loads((tmp_path / "metrics.json").read_text())["categories"]["mono"]
+    assert mono["n_noise"] == 2 and "pixel_auroc" not in mono
+    assert mono["image_auroc"] > 0.5  # real defects, real weights: better than chance
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(MVTEC_ROOT, "transistor")),
+                    reason="MVTec transistor not present in ../shared/data")
+def test_real_mvtec_transistor_small(tmp_path, cache_dir):
+    out = _run(["--config=configs/mvtec.py", f"--config.data.root={MVTEC_ROOT}",
+                "--config.data.category=transistor", "--config.data.max_train=30",
+                "--config.data.max_test=30", "--config.data.resize=128",
+                "--config.data.image_size=128"], tmp_path, cache_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads((tmp_path / "metrics.json").read_text())["categories"]["transistor"]
+    assert r["image_auroc"] > 0.6 and r["pixel_auroc"] > 0.7
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.data.root=/nonexistent"], "does not exist; set data.root"),
+    (["--config.data.category=bolt"], "unknown category bolt"),
+    (["--config.noise.ratio=2.0"], "noise.ratio=2.0 needs 24 anomalous images"),
+    (["--config.model.discriminator=median"], "model.discriminator='median' is unknown"),
+    (["--config.model.lof_k=30"], "model.lof_k=30 needs more than 30"),
+])
+def test_bad_input_is_one_line(mvtec_root, tmp_path, cache_dir, args, message):
+    base = ["--config=configs/mvtec.py", f"--config.data.root={mvtec_root}"]
+    out = _run(base + SMALL + args, tmp_path, cache_dir)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, out.stderr[-2000:]
