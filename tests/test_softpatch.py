@@ -10,7 +10,7 @@ def _features(b=30, p=9, d=48, noisy=3, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(p, d)) * 3
     feats = centres[None] + rng.normal(size=(b, p, d)) * 0.3
-    feats[:noisy, 4] += 6.0  # the first images carry a defect at position 4
+    feats[:noisy, 4] += rng.normal(size=(noisy, d)) * 3.0  # defects at position 4, each its own
     return feats.astype(np.float32)
 
 
@@ -52,7 +52,7 @@ def test_soft_weight_multiplies_the_nearest_entry():
     feats = _features()
     fit = softpatch.fit(feats, jax.random.PRNGKey(0), "lof", lof_k=5, coreset_ratio=0.3,
                         projection_dim=16)
-    test = _features(b=2, seed=2)
+    test = _features(b=4, seed=2)
     plain = softpatch.predict(test, fit.bank, soft_weight=False)
     soft = softpatch.predict(test, fit.bank, soft_weight=True)
     d = ((test.reshape(-1, 1, 48).astype(np.float64) - fit.bank.features[None]) ** 2).sum(-1)
