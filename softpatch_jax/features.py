@@ -45,34 +45,6 @@ def unfold3x3(x: jnp.ndarray, patch_size: int = 3) -> jnp.ndarray:
     return jnp.stack(shifts, axis=-1).reshape(b, h, w, c * patch_size * patch_size)
 
 
-def unfold3x3(x: jnp.ndarray, patch_size: int = 3) -> jnp.ndarray:
-    """(B, H, W, C) -> (B, H, W, C*p*p) neighbourhoods, zero padded, flattened channel-major."""
-    pad = (patch_size - 1) // 2
-    b, h, w, c = x.shape
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    shifts = [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(patch_size) for dx in range(patch_size)]
-    return jnp.stack(shifts, axis=-1).reshape(b, h, w, c * patch_size * patch_size)
-
-
-def adaptive_pool_gather(length: int, out: int):
-    """Sparse form of `adaptive_pool_matrix`: (out, K) indices and weights, K = widest bin."""
-    m = adaptive_pool_matrix(length, out)
-    width = int((m > 0).sum(1).max())
-    idx = np.zeros((out, width), np.int32)
-    wts = np.zeros((out, width), np.float32)
-    for i in range(out):
-        nz = np.nonzero(m[i])[0]
-        idx[i, :len(nz)] = nz
-        wts[i, :len(nz)] = m[i, nz]
-    return idx, wts
-
-
-def adaptive_avg_pool_last(x: jnp.ndarray, out: int) -> jnp.ndarray:
-    """(..., L) -> (..., out): adaptive_avg_pool1d over the last axis, as a gather (bins are narrow)."""
-    idx, wts = adaptive_pool_gather(x.shape[-1], out)
-    return jnp.sum(jnp.take(x, jnp.asarray(idx), axis=-1) * jnp.asarray(wts), axis=-1)
-
-
 @functools.lru_cache(maxsize=32)
 def layer_maps(dims: Tuple[int, ...], embed_dim: int) -> Tuple[Tuple[np.ndarray, int, int], ...]:
     """For layers of unfolded sizes `dims`: per layer (matrix, first col, last col + 1).
