@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone = "efficientnet_lite0"
     config.model.weights = ""             # '' = packaged ImageNet weights, 'random', or a .pth path
     config.model.layers = "stage3,stage5"  # taps: stride-8 and stride-16 stage ends
+    config.model.dtype = "float32"        # backbone compute dtype: float32 | bfloat16
     config.model.discriminator = "lof"    # none (PatchCore) | nearest | gaussian | lof
     config.model.threshold = 0.15
     config.model.lof_k = 6

@@ -28,7 +28,7 @@ def gaussian_scores(x: jnp.ndarray, reg: float = 0.01) -> jnp.ndarray:
     """(B, D) -> (B,): 1 + Mahalanobis distance to the group mean (unbiased cov + reg * I)."""
     b, dim = x.shape
     delta = x - jnp.mean(x, axis=0)
-    cov = delta.T @ delta / (b - 1) + reg * jnp.eye(dim, dtype=x.dtype)
+    cov = jnp.matmul(delta.T, delta, precision=jax.lax.Precision.HIGHEST) / (b - 1) + reg * jnp.eye(dim, dtype=x.dtype)
     chol = jnp.linalg.cholesky(cov)
     z = jax.scipy.linalg.solve_triangular(chol, delta.T, lower=True)  # (D, B)
     return 1.0 + jnp.sqrt(jnp.sum(z * z, axis=0))
@@ -77,7 +77,8 @@ def group_scores(groups: jnp.ndarray, method: str, lof_k: int = 6, budget_mb: fl
         raise ValueError(f"model.lof_k={lof_k} needs more than {lof_k} training images per "
                          f"position, but there are {b}; lower model.lof_k or add training images")
     if b < 2:
-        raise ValueError(f"the {method} discriminator needs at least 2 training images, got {b}")
+        raise ValueError(f"the {method} discriminator needs at least 2 training images, got {b}; "
+                         "add training images or use model.discriminator=none")
     step = min(p, chunk_size(_bytes_per_position(method, b, d), budget_mb))
     out = np.empty((p, b), np.float32)
     starts = range(0, p, step)

@@ -17,10 +17,11 @@ class Embedder:
     """Holds a backbone and its variables; `__call__` maps (B, H, W, 3) images to (B, P, E)."""
 
     def __init__(self, backbone: str, layers: Sequence[str], weights: str = "",
-                 cache_dir: str = "", seed: int = 0, embed_dim: int = 1024, patch_size: int = 3):
+                 cache_dir: str = "", seed: int = 0, embed_dim: int = 1024, patch_size: int = 3,
+                 dtype: str = "float32"):
         self.layers = tuple(layers)
         self.module, self.variables = build_backbone(backbone, self.layers, weights, cache_dir,
-                                                     seed)
+                                                     seed, dtype)
         self.embed_dim, self.patch_size = embed_dim, patch_size
         self._fn = jax.jit(functools.partial(self._embed, self.module, self.layers,
                                              embed_dim, patch_size))

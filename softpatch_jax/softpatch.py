@@ -34,7 +34,8 @@ def project(features: np.ndarray, matrix: jnp.ndarray, budget_mb: float = 1024) 
     """(..., D) features -> (..., d) projections, computed in row chunks under the budget."""
     flat = features.reshape(-1, features.shape[-1])
     step = chunk_size(4 * (flat.shape[1] + matrix.shape[1]), budget_mb / 2, minimum=1024)
-    out = [jnp.asarray(flat[s:s + step]) @ matrix for s in range(0, flat.shape[0], step)]
+    out = [jnp.matmul(jnp.asarray(flat[s:s + step]), matrix, precision=jax.lax.Precision.HIGHEST)
+           for s in range(0, flat.shape[0], step)]
     return jnp.concatenate(out).reshape(features.shape[:-1] + (matrix.shape[1],))
 
 
@@ -42,6 +43,9 @@ def denoise(scores: np.ndarray, threshold: float):
     """Global (1 - tau) quantile threshold. Returns (sampling weights in {0,1}, soft weights)."""
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"model.threshold={threshold} must lie in [0, 1)")
+    if not np.isfinite(scores).all():
+        raise ValueError("the discriminator produced non-finite scores (degenerate training "
+                         "features?); try another model.discriminator or more training images")
     cut = np.quantile(scores.astype(np.float64), 1.0 - threshold)  # linear, as torch.quantile
     sampling = (scores <= cut).astype(np.float32)
     return sampling, np.maximum(scores, 0.0).astype(np.float32)
@@ -69,6 +73,11 @@ def fit(train_features: np.ndarray, key: jax.Array, discriminator: str = "lof", 
     m = int(coreset_ratio * n)
     if m < 1:
         raise ValueError(f"model.coreset_ratio={coreset_ratio} keeps no patch of {n}; raise it")
+    eligible = int(sampling.sum())
+    if m > eligible:
+        raise ValueError(f"model.coreset_ratio={coreset_ratio} asks for {m} bank entries but only "
+                         f"{eligible} patches are eligible after denoising (model.threshold="
+                         f"{threshold}); lower one of them")
     if coreset_ratio == 1.0:  # no subsampling: keep every eligible patch
         idx = np.nonzero(sampling.reshape(-1))[0]
     else:

@@ -56,6 +56,10 @@ def evaluate_category(config, category: str, embedder: Embedder, workdir: str) -
     with open(os.path.join(workdir, f"noise_{category}.txt"), "w") as f:
         f.writelines(s.name + "\n" for s in split.injected)
     d, m = config.data, config.model
+    if m.discriminator == "lof" and not 0 < m.lof_k < len(split.train):
+        raise ValueError(f"model.lof_k={m.lof_k} needs more than {m.lof_k} training images per "
+                         f"position, but there are {len(split.train)}; lower model.lof_k or add "
+                         "training images")
     t0 = time.time()
     train_feats = embedder.embed_paths([s.path for s in split.train], d.resize, d.image_size,
                                        d.batch_size, f"{category}: train features")
@@ -100,7 +104,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Dict]:
     layers = [s.strip() for s in config.model.layers.split(",") if s.strip()]
     embedder = Embedder(config.model.backbone, layers, config.model.weights,
                         config.runtime.cache_dir, config.seed, config.model.embed_dim,
-                        config.model.patch_size)
+                        config.model.patch_size, config.model.dtype)
     title = (f"{config.data.name}: discriminator={config.model.discriminator}, "
              f"noise={config.noise.ratio} ({'overlap' if config.noise.overlap else 'no overlap'}), "
              f"{config.model.backbone}")

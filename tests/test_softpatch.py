@@ -65,3 +65,12 @@ def test_same_key_same_bank():
     a = softpatch.fit(feats, jax.random.PRNGKey(7), "gaussian", coreset_ratio=0.2)
     b = softpatch.fit(feats, jax.random.PRNGKey(7), "gaussian", coreset_ratio=0.2)
     np.testing.assert_array_equal(a.coreset_indices, b.coreset_indices)
+    c = softpatch.fit(feats, jax.random.PRNGKey(8), "gaussian", coreset_ratio=0.2)
+    assert not np.array_equal(a.coreset_indices, c.coreset_indices)
+
+
+def test_impossible_bank_sizes_are_errors():
+    feats = _features()
+    with pytest.raises(ValueError, match="eligible"):
+        softpatch.fit(feats, jax.random.PRNGKey(0), "lof", lof_k=5, threshold=0.5,
+                      coreset_ratio=0.6)

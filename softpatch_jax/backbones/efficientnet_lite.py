@@ -4,6 +4,11 @@ The PyTorch model (package `efficientnet-lite-pytorch`) pads like TensorFlow's '
 the extra row/column goes at the bottom/right), uses ReLU6, no squeeze-excitation, BatchNorm with
 eps 1e-3, and keeps the stem and head unscaled. Inputs are NHWC float32, ImageNet-normalised.
 
+Padding: the PyTorch model computes its 'SAME' paddings once, for the variant's native resolution
+(224/240/260), and applies them at any input size; we do the same by default, so that the two agree
+at every size (`pad_size=-1` pads for the actual input instead, as TensorFlow does). At the native
+resolution, and whenever the sizes along the network stay even, both rules coincide.
+
 Feature taps: `stage1`..`stage7` (the output of each block group) or `blocks.N` (the output of the
 N-th MBConv block, as PyTorch's `_blocks.N`). The forward pass stops after the last tap.
 """
@@ -25,11 +30,11 @@ _BLOCK_GROUPS = (
     (1, 3, 1, 6, 192, 320),
 )
 
-# name: (width coefficient, depth coefficient)
+# name: (width coefficient, depth coefficient, native resolution)
 VARIANTS = {
-    "efficientnet_lite0": (1.0, 1.0),
-    "efficientnet_lite1": (1.0, 1.1),
-    "efficientnet_lite2": (1.1, 1.2),
+    "efficientnet_lite0": (1.0, 1.0, 224),
+    "efficientnet_lite1": (1.0, 1.1, 240),
+    "efficientnet_lite2": (1.1, 1.2, 260),
 }
 
 BN_EPS = 1e-3
@@ -48,7 +53,7 @@ def _round_filters(filters: int, width: float) -> int:
 
 def block_specs(variant: str) -> Tuple[Tuple[int, int, int, int, int, int], ...]:
     """Per-block (group index, kernel, stride, expand, in, out) after width/depth scaling."""
-    width, depth = VARIANTS[variant]
+    width, depth, _ = VARIANTS[variant]
     specs = []
     last = len(_BLOCK_GROUPS) - 1
     for g, (reps, k, s, e, cin, cout) in enumerate(_BLOCK_GROUPS):
@@ -122,11 +127,13 @@ class _ConvBN(nn.Module):
     stride: int = 1
     groups: int = 1
     act: bool = True
+    pad_size: int = -1  # spatial size the padding is computed for; -1 = the input's
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        pads = [same_padding(x.shape[d], self.kernel, self.stride) for d in (1, 2)]
+        pads = [same_padding(self.pad_size if self.pad_size > 0 else x.shape[d], self.kernel,
+                             self.stride) for d in (1, 2)]
         if self.groups > 1:
             x = DepthwiseConv(self.kernel, self.stride, pads, self.dtype, name="conv")(x)
         else:
@@ -142,6 +149,7 @@ class MBConv(nn.Module):
     expand: int
     in_filters: int
     out_filters: int
+    pad_size: int = -1
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -150,8 +158,8 @@ class MBConv(nn.Module):
         hidden = self.in_filters * self.expand
         if self.expand != 1:
             x = _ConvBN(hidden, dtype=self.dtype, name="expand")(x)
-        x = _ConvBN(hidden, self.kernel, self.stride, groups=hidden, dtype=self.dtype,
-                    name="depthwise")(x)
+        x = _ConvBN(hidden, self.kernel, self.stride, groups=hidden, pad_size=self.pad_size,
+                    dtype=self.dtype, name="depthwise")(x)
         x = _ConvBN(self.out_filters, act=False, dtype=self.dtype, name="project")(x)
         if self.stride == 1 and self.in_filters == self.out_filters:
             x = x + inputs
@@ -163,6 +171,7 @@ class EfficientNetLite(nn.Module):
     variant: str = "efficientnet_lite0"
     taps: Sequence[str] = ()
     num_classes: int = 1000
+    pad_size: int = 0  # 0: the native resolution (as PyTorch); -1: the actual input size
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -170,10 +179,14 @@ class EfficientNetLite(nn.Module):
         specs = block_specs(self.variant)
         wanted = {tap_block_index(self.variant, t): t for t in self.taps}
         last = max(wanted) if wanted else len(specs) - 1
-        x = _ConvBN(32, 3, 2, dtype=self.dtype, name="stem")(images.astype(self.dtype))
+        size = VARIANTS[self.variant][2] if self.pad_size == 0 else self.pad_size
+        x = _ConvBN(32, 3, 2, pad_size=size, dtype=self.dtype, name="stem")(
+            images.astype(self.dtype))
+        size = -(-size // 2) if size > 0 else size
         out = {}
         for i, (_, k, s, e, cin, cout) in enumerate(specs[: last + 1]):
-            x = MBConv(k, s, e, cin, cout, dtype=self.dtype, name=f"blocks_{i}")(x)
+            x = MBConv(k, s, e, cin, cout, size, dtype=self.dtype, name=f"blocks_{i}")(x)
+            size = -(-size // s) if size > 0 else size
             if i in wanted:
                 out[wanted[i]] = x.astype(jnp.float32)
         if self.taps:

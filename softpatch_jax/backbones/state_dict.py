@@ -147,13 +147,17 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
     """Returns {name: array} from a `.pth`/`.pt` (zip or legacy) or `.safetensors` file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist; check model.weights")
-    if path.endswith(".safetensors"):
-        sd = _load_safetensors(path)
-    elif zipfile.is_zipfile(path):
-        sd = _load_zip(path)
-    else:
-        with open(path, "rb") as f:
-            sd = _load_legacy(f)
+    try:
+        if path.endswith(".safetensors"):
+            sd = _load_safetensors(path)
+        elif zipfile.is_zipfile(path):
+            sd = _load_zip(path)
+        else:
+            with open(path, "rb") as f:
+                sd = _load_legacy(f)
+    except Exception as e:  # pickle, zip, struct and key errors all mean: not a state dict
+        raise ValueError(f"cannot read weights {path!r} ({type(e).__name__}: {e}); save "
+                         "model.state_dict() as .pth or .safetensors") from None
     if "state_dict" in sd and isinstance(sd["state_dict"], dict):  # training checkpoints
         sd = sd["state_dict"]
     return collections.OrderedDict(

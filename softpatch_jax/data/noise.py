@@ -51,6 +51,11 @@ def inject_noise(category: Category, ratio: float, overlap: bool, seed: int,
         raise ValueError(f"noise.ratio={ratio} must be >= 0")
     pool = category.anomalous_test
     if files:
+        if len(set(files)) != len(files):
+            raise ValueError("noise.files names an image twice; list each injected image once")
+        if not pool:
+            raise ValueError(f"noise.files is set but category {category.name!r} has no "
+                             "anomalous test images to inject")
         by_name = {s.name: s for s in pool}
         unknown = [f for f in files if f not in by_name]
         if unknown:
