@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.noise = ml_collections.ConfigDict()
     config.noise.ratio = 0.1
     config.noise.overlap = False
+    config.noise.mode = ""                # no_overlap | overlap | overlap_repeat; '' = from overlap
+    config.noise.fold = 0                 # selects an independent draw of the noise
     config.noise.files = ""               # comma list of test sample names, overrides the draw
 
     config.model = ml_collections.ConfigDict()

@@ -43,13 +43,14 @@ class Embedder:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self._fn(self.variables, jnp.asarray(images)))
 
-    def embed_paths(self, paths: Sequence[str], resize: int, image_size: int,
-                    batch_size: int = 16, desc: str = "features") -> np.ndarray:
-        """Reads, preprocesses and embeds images -> (N, P, E) float32."""
+    def embed(self, samples: Sequence, resize: int, image_size: int,
+              batch_size: int = 16, desc: str = "features") -> np.ndarray:
+        """Reads, preprocesses (augments where a Sample says so) and embeds Samples or image
+        paths -> (N, P, E) float32."""
         h, w = self.grid(image_size)
-        out = np.empty((len(paths), h * w, self.embed_dim), np.float32)
-        with tqdm(total=len(paths), desc=desc, leave=False) as bar:
-            for start, imgs in preprocess.batches(paths, batch_size, resize, image_size):
+        out = np.empty((len(samples), h * w, self.embed_dim), np.float32)
+        with tqdm(total=len(samples), desc=desc, leave=False) as bar:
+            for start, imgs in preprocess.batches(samples, batch_size, resize, image_size):
                 n = imgs.shape[0]
                 if n < batch_size:  # one compiled shape
                     imgs = np.concatenate([imgs, np.zeros((batch_size - n,) + imgs.shape[1:],

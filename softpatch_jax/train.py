@@ -27,6 +27,7 @@ def validate(config) -> None:
         raise ValueError(f"model.coreset_ratio={m.coreset_ratio} must lie in (0, 1]")
     if not 0.0 <= m.threshold < 1.0:
         raise ValueError(f"model.threshold={m.threshold} must lie in [0, 1)")
+    noise.resolve_mode(config.noise.mode, config.noise.overlap)
     if config.noise.ratio < 0:
         raise ValueError(f"noise.ratio={config.noise.ratio} must be >= 0")
 
@@ -48,21 +49,23 @@ def prepare_split(config, category: str) -> noise.NoisySplit:
                            noise.category_rng(config.seed, category, "test"), stratify=True)
     cat = data.Category(cat.name, train, test, cat.has_masks)
     files = noise_file_list(config.noise.files)
-    return noise.inject_noise(cat, config.noise.ratio, config.noise.overlap, config.seed, files)
+    mode = noise.resolve_mode(config.noise.mode, config.noise.overlap)
+    return noise.inject_noise(cat, config.noise.ratio, mode, config.seed, files, config.noise.fold)
 
 
 def evaluate_category(config, category: str, embedder: Embedder, workdir: str) -> Dict:
     split = prepare_split(config, category)
     with open(os.path.join(workdir, f"noise_{category}.txt"), "w") as f:
         f.writelines(s.name + "\n" for s in split.injected)
+    report.write_json(os.path.join(workdir, f"noise_{category}.json"), noise.describe(split))
     d, m = config.data, config.model
     if m.discriminator == "lof" and not 0 < m.lof_k < len(split.train):
         raise ValueError(f"model.lof_k={m.lof_k} needs more than {m.lof_k} training images per "
                          f"position, but there are {len(split.train)}; lower model.lof_k or add "
                          "training images")
     t0 = time.time()
-    train_feats = embedder.embed_paths([s.path for s in split.train], d.resize, d.image_size,
-                                       d.batch_size, f"{category}: train features")
+    train_feats = embedder.embed(split.train, d.resize, d.image_size, d.batch_size,
+                                 f"{category}: train features")
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), zlib.crc32(category.encode()))
     t1 = time.time()
     fitted = softpatch.fit(train_feats, key, m.discriminator, m.lof_k, m.threshold,
@@ -70,8 +73,8 @@ def evaluate_category(config, category: str, embedder: Embedder, workdir: str) -
                            config.runtime.memory_budget_mb, progress=True)
     del train_feats
     t2 = time.time()
-    test_feats = embedder.embed_paths([s.path for s in split.test], d.resize, d.image_size,
-                                      d.batch_size, f"{category}: test features")
+    test_feats = embedder.embed(split.test, d.resize, d.image_size, d.batch_size,
+                                f"{category}: test features")
     soft = m.soft_weight and m.discriminator != "none"
     patch = softpatch.predict(test_feats, fitted.bank, soft, config.runtime.memory_budget_mb)
     h, w = embedder.grid(d.image_size)
@@ -106,7 +109,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Dict]:
                         config.runtime.cache_dir, config.seed, config.model.embed_dim,
                         config.model.patch_size, config.model.dtype)
     title = (f"{config.data.name}: discriminator={config.model.discriminator}, "
-             f"noise={config.noise.ratio} ({'overlap' if config.noise.overlap else 'no overlap'}), "
+             f"noise={config.noise.ratio} "
+             f"({noise.resolve_mode(config.noise.mode, config.noise.overlap)}), "
              f"{config.model.backbone}")
     results: Dict[str, Dict] = {}
     for category in tqdm(categories, desc="categories", disable=len(categories) < 2):

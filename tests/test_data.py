@@ -1,6 +1,9 @@
 """Readers, preprocessing and the noisy-data protocol on generated data."""
+import os
+
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 from PIL import Image
 
 from softpatch_jax import data
@@ -29,7 +32,7 @@ def test_category_selection(mvtec_root):
 def test_missing_mask_is_named(tmp_path):
     base = synthetic.make_mvtec_category(str(tmp_path), "w", n_train=2, n_good=1, n_defect=1)
     (tmp_path / "w" / "ground_truth" / "blob" / "000_mask.png").unlink()
-    with pytest.raises(FileNotFoundError, match="000_mask.png.*missing"):
+    with pytest.raises(FileNotFoundError, match="mask of test image test/blob/000.png is missing"):
         mvtec.load_category(str(tmp_path), "w")
     assert base
 
@@ -89,31 +92,31 @@ def _category(mvtec_root):
 
 def test_noise_counts_overlap_and_reproducibility(mvtec_root):
     cat = _category(mvtec_root)
-    a = noise.inject_noise(cat, 0.5, overlap=False, seed=0)
+    a = noise.inject_noise(cat, 0.5, "no_overlap", seed=0)
     assert len(a.injected) == int(0.5 * 12) == 6
     assert len(a.train) == 18 and len(a.test) == 12 - 6
     assert not {s.name for s in a.injected} & {s.name for s in a.test}
     assert all(s.label == 1 for s in a.injected)
-    b = noise.inject_noise(cat, 0.5, overlap=True, seed=0)
+    b = noise.inject_noise(cat, 0.5, "overlap", seed=0)
     assert [s.name for s in b.injected] == [s.name for s in a.injected]  # same seed, same draw
     assert len(b.test) == 12 and {s.name for s in b.injected} <= {s.name for s in b.test}
-    c = noise.inject_noise(cat, 0.5, overlap=False, seed=1)
+    c = noise.inject_noise(cat, 0.5, "no_overlap", seed=1)
     assert [s.name for s in c.injected] != [s.name for s in a.injected]
-    assert len(noise.inject_noise(cat, 0.0, False, 0).injected) == 0
+    assert len(noise.inject_noise(cat, 0.0, "no_overlap", 0).injected) == 0
 
 
 def test_noise_ratio_beyond_the_anomalies_is_an_error(mvtec_root):
     with pytest.raises(ValueError, match=r"noise.ratio=0.9 needs 10 anomalous images but "
-                                         r"category 'widget' has only 8"):
-        noise.inject_noise(_category(mvtec_root), 0.9, False, 0)
+                                         r"category 'widget' has only 8.*overlap_repeat"):
+        noise.inject_noise(_category(mvtec_root), 0.9, "overlap", 0)
 
 
 def test_explicit_noise_files(mvtec_root):
     cat = _category(mvtec_root)
-    split = noise.inject_noise(cat, 0.1, False, 0, files=["test/blob/001.png"])
+    split = noise.inject_noise(cat, 0.1, "no_overlap", 0, files=["test/blob/001.png"])
     assert [s.name for s in split.injected] == ["test/blob/001.png"]
     with pytest.raises(ValueError, match="not anomalous test images"):
-        noise.inject_noise(cat, 0.1, False, 0, files=["test/good/000.png"])
+        noise.inject_noise(cat, 0.1, "no_overlap", 0, files=["test/good/000.png"])
 
 
 def test_subsample_is_seeded_and_stratified(mvtec_root):
@@ -137,3 +140,95 @@ def test_elpv_split():
     assert elpv.list_categories("") == ["mono", "poly"]
     with pytest.raises(ValueError, match="unknown ELPV category"):
         elpv.load_category("", "cdte", seed=0)
+
+
+@pytest.mark.parametrize("layout,dataset,good", [
+    ("mvtec", "mvtec", "good"), ("visa_prepared", "visa", "good"), ("visa_raw", "visa", "good"),
+    ("btad", "btad", "ok"), ("folder", "folder", "good")])
+def test_every_layout_reads_the_same_data(tmp_path, layout, dataset, good):
+    synthetic.make_category(str(tmp_path), layout, "part", n_train=6, n_good=3, n_defect=4,
+                            defects=("blob",), size=32, seed=5)
+    cfg = ConfigDict({"name": dataset, "root": str(tmp_path), "train_fraction": 6 / 9})
+    assert data.category_names(dataset, str(tmp_path), "all") == ["part"]
+    cat = data.load_category(cfg, "part", seed=0)
+    counts = mvtec.split_counts(cat)
+    assert counts == {"train": 6, "test": 7, "anomalous": 4, "masks": 4}, counts
+    assert cat.has_masks
+    for s in (s for s in cat.test if s.label == 1):  # 0/255 and 0/1 masks both binarise
+        m = preprocess.load_mask(s.mask_path, 32, 32, s.path)
+        assert m.any() and not m.all()
+
+
+def test_layouts_give_identical_arrays(tmp_path):
+    paths = {}
+    for layout in ("mvtec", "btad", "visa_raw"):
+        synthetic.make_category(str(tmp_path / layout), layout, "part", n_train=3, n_good=1,
+                                n_defect=2, size=32, seed=9)
+        name = {"mvtec": "mvtec", "btad": "btad", "visa_raw": "visa"}[layout]
+        cat = data.load_category(ConfigDict({"name": name, "root": str(tmp_path / layout),
+                                             "train_fraction": 0.5}), "part", 0)
+        paths[layout] = cat
+    ref = paths["mvtec"]
+    for other in ("btad", "visa_raw"):
+        cat = paths[other]
+        for a, b in zip(ref.train, cat.train):
+            np.testing.assert_array_equal(preprocess.load_image(a.path, 32, 32),
+                                          preprocess.load_image(b.path, 32, 32))
+        for a, b in zip([s for s in ref.test if s.label], [s for s in cat.test if s.label]):
+            np.testing.assert_array_equal(preprocess.load_mask(a.mask_path, 32, 32),
+                                          preprocess.load_mask(b.mask_path, 32, 32))
+
+
+def test_overlap_repeat_repeats_only_when_needed(mvtec_root):
+    cat = _category(mvtec_root)  # 12 train, 8 anomalous
+    enough = noise.inject_noise(cat, 0.5, "overlap_repeat", seed=0)
+    plain = noise.inject_noise(cat, 0.5, "overlap", seed=0)
+    assert [s.name for s in enough.injected] == [s.name for s in plain.injected]
+    assert all(s.augment is None for s in enough.injected)
+    many = noise.inject_noise(cat, 1.5, "overlap_repeat", seed=0)  # 18 from 8
+    assert len(many.injected) == 18 and len(many.test) == len(cat.test)
+    first, repeats = many.injected[:8], many.injected[8:]
+    assert sorted(s.name for s in first) == sorted(s.name for s in cat.anomalous_test)
+    assert all(s.augment is not None for s in repeats) and all(s.augment is None for s in first)
+    for angle, dx, dy in (s.augment for s in repeats):
+        assert abs(angle) <= 3.0 and abs(dx) <= 0.03 and abs(dy) <= 0.03
+    again = noise.inject_noise(cat, 1.5, "overlap_repeat", seed=0)
+    assert [(s.name, s.augment) for s in again.injected] == [(s.name, s.augment) for s in many.injected]
+    rows = noise.describe(many)
+    assert len(rows) == 18 and "rotation_deg" in rows[-1] and "rotation_deg" not in rows[0]
+
+
+def test_folds_are_independent_draws(mvtec_root):
+    cat = _category(mvtec_root)
+    a = noise.inject_noise(cat, 0.25, "no_overlap", seed=0, fold=0)
+    b = noise.inject_noise(cat, 0.25, "no_overlap", seed=0, fold=1)
+    assert [s.name for s in a.injected] != [s.name for s in b.injected]
+    with pytest.raises(ValueError, match="noise.mode='sometimes' is unknown"):
+        noise.inject_noise(cat, 0.25, "sometimes", seed=0)
+
+
+def test_augmented_repeat_moves_the_image(tmp_path):
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[20:40, 20:40] = 255
+    Image.fromarray(img).save(tmp_path / "a.png")
+    plain = preprocess.load_image(str(tmp_path / "a.png"), 64, 64)
+    shifted = preprocess.load_image(str(tmp_path / "a.png"), 64, 64, (0.0, 3 / 64, 0.0))
+    np.testing.assert_allclose(shifted[:, 23:43], plain[:, 20:40], atol=1e-5)
+
+
+def test_real_transistor_counts():
+    from conftest import MVTEC_ROOT
+    if not os.path.isdir(os.path.join(MVTEC_ROOT, "transistor")):
+        pytest.skip("MVTec transistor not present in ../shared/data")
+    counts = mvtec.split_counts(mvtec.load_category(MVTEC_ROOT, "transistor"))
+    assert counts == {"train": 213, "test": 100, "anomalous": 40, "masks": 40}
+
+
+def test_empty_and_missing_categories(tmp_path):
+    (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir()
+    with pytest.raises(ValueError, match="no training images"):
+        mvtec.load_category(str(tmp_path), "empty")
+    (tmp_path / "half" / "train" / "good").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="lacks its test folder"):
+        mvtec.load_category(str(tmp_path), "half")

@@ -1,23 +1,38 @@
-"""Dataset readers by name, and category selection (`one`, `a,b`, or `all`)."""
+"""Dataset readers by name, and category selection (`one`, `a,b`, or `all`).
+
+data.name: mvtec | visa (raw or prepared layout, detected) | btad | elpv | folder (own images).
+"""
+import os
 from typing import List
 
 from softpatch_jax.data import elpv, mvtec
 from softpatch_jax.data.samples import Category, Sample
 
-DATASETS = ("elpv", "mvtec")
+DATASETS = ("mvtec", "visa", "btad", "elpv", "folder")
+
+
+def _visa_is_raw(root: str) -> bool:
+    return os.path.isdir(os.path.join(root, "split_csv"))
+
+
+def _known(name: str, root: str) -> List[str]:
+    if name == "elpv":
+        return elpv.list_categories(root)
+    if name in ("mvtec", "btad"):
+        return mvtec.list_categories(root, "mvtec")
+    if name == "visa":
+        return mvtec.list_categories(root, "visa_raw" if _visa_is_raw(root) else "mvtec")
+    if name == "folder":
+        return mvtec.list_categories(root, "folder")
+    raise ValueError(f"unknown dataset data.name={name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def category_names(name: str, root: str, spec: str) -> List[str]:
     """Resolves data.category into a list of category names, checking each exists."""
-    if name == "elpv":
-        known = elpv.list_categories(root)
-    elif name == "mvtec":
-        known = mvtec.list_categories(root)
-    else:
-        raise ValueError(f"unknown dataset data.name={name!r}; choose one of {', '.join(DATASETS)}")
+    known = _known(name, root)
     if spec == "all":
         if not known:
-            raise ValueError(f"no categories found under data.root={root!r}")
+            raise ValueError(f"no categories of dataset {name} found under data.root={root!r}")
         return known
     wanted = [c.strip() for c in spec.split(",") if c.strip()]
     unknown = [c for c in wanted if c not in known]
@@ -28,9 +43,18 @@ def category_names(name: str, root: str, spec: str) -> List[str]:
 
 
 def load_category(data_config, category: str, seed: int) -> Category:
-    if data_config.name == "elpv":
-        return elpv.load_category(data_config.root, category, seed, data_config.train_fraction)
-    return mvtec.load_category(data_config.root, category)
+    name, root = data_config.name, data_config.root
+    if name == "elpv":
+        return elpv.load_category(root, category, seed, data_config.train_fraction)
+    if name == "btad":
+        return mvtec.load_category(root, category, good="ok")
+    if name == "visa" and _visa_is_raw(root):
+        return mvtec.load_visa_raw(root, category)
+    if name == "folder":
+        return mvtec.load_own_folder(root, category, seed, data_config.train_fraction)
+    if name in ("mvtec", "visa"):
+        return mvtec.load_category(root, category)
+    raise ValueError(f"unknown dataset data.name={name!r}; choose one of {', '.join(DATASETS)}")
 
 
 __all__ = ["Category", "Sample", "category_names", "load_category", "DATASETS"]

@@ -40,15 +40,30 @@ def _open(path: str, mode: str) -> Image.Image:
         raise ValueError(f"cannot read image {path!r} ({e}); replace or remove the file") from None
 
 
-def load_image(path: str, resize: int = 256, crop: int = 224) -> np.ndarray:
-    """-> (crop, crop, 3) float32, ImageNet-normalised."""
-    img = _resize_crop(_open(path, "RGB"), resize, crop)
+def augment(img: Image.Image, rotation_deg: float, shift_x: float, shift_y: float) -> Image.Image:
+    """Rotation about the centre and translation (fractions of the size), bilinear, black fill."""
+    w, h = img.size
+    return img.rotate(rotation_deg, resample=Image.BILINEAR,
+                      translate=(shift_x * w, shift_y * h))
+
+
+def load_image(path: str, resize: int = 256, crop: int = 224, aug=None) -> np.ndarray:
+    """-> (crop, crop, 3) float32, ImageNet-normalised. `aug`: (degrees, dx, dy) or None,
+    applied to the original image before resizing."""
+    img = _open(path, "RGB")
+    if aug is not None:
+        img = augment(img, *aug)
+    img = _resize_crop(img, resize, crop)
     return (np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
               image_path: Optional[str] = None) -> np.ndarray:
-    """-> (crop, crop) bool; all False when path is None. The mask must match its image's size."""
+    """-> (crop, crop) bool; all False when path is None. The mask must match its image's size.
+
+    Any non-zero value marks a defect (MVTec masks are 0/255, some VisA releases use 0/1); the
+    binarised mask is resized like the image and a pixel stays anomalous only where it remains 255.
+    """
     if path is None:
         return np.zeros((crop, crop), bool)
     mask = _open(path, "L")
@@ -58,18 +73,27 @@ def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
                 raise ValueError(f"mask {path!r} is {mask.size[0]}x{mask.size[1]} but its image "
                                  f"{image_path!r} is {img.size[0]}x{img.size[1]}; masks must "
                                  "have the image's size")
+    mask = Image.fromarray(((np.asarray(mask) > 0) * 255).astype(np.uint8))
     return np.asarray(_resize_crop(mask, resize, crop)) == 255
 
 
-def batches(paths: Sequence[str], batch_size: int, resize: int, crop: int,
+def _load(item, resize, crop):
+    if isinstance(item, str):
+        return load_image(item, resize, crop)
+    return load_image(item.path, resize, crop, item.augment)
+
+
+def batches(samples: Sequence, batch_size: int, resize: int, crop: int,
             workers: int = 4) -> Iterator[Tuple[int, np.ndarray]]:
-    """Yields (start, (n, crop, crop, 3) images) batches, decoded ahead by a thread pool so that
-    reading overlaps the backbone; only a few batches are ever in memory."""
+    """Yields (start, (n, crop, crop, 3) images) batches of Samples (or plain paths), decoded
+    ahead by a thread pool so that reading overlaps the backbone; only two batches are ever
+    in memory, never the whole dataset."""
+    paths = list(samples)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         pending = []
         starts = list(range(0, len(paths), batch_size))
         for i, s in enumerate(starts):
-            pending.append((s, [pool.submit(load_image, p, resize, crop)
+            pending.append((s, [pool.submit(_load, p, resize, crop)
                                 for p in paths[s:s + batch_size]]))
             if i >= 1:  # keep one batch decoding ahead
                 s0, futs = pending.pop(0)

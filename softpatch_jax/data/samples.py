@@ -1,6 +1,6 @@
 """What a dataset reader yields: one category's clean training and test samples, by file."""
 import dataclasses
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -10,6 +10,8 @@ class Sample:
     defect: str               # 'good' or the defect type
     name: str                 # stable id, e.g. 'test/bent_lead/002.png'
     mask_path: Optional[str] = None  # ground-truth mask file; None = all zeros
+    # (rotation degrees, x shift, y shift as fractions of the size) for augmented noise repeats
+    augment: Optional[Tuple[float, float, float]] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,21 +32,70 @@ def _save(path: str, arr: np.ndarray) -> None:
     Image.fromarray(arr).save(path)
 
 
+LAYOUTS = ("mvtec", "visa_prepared", "visa_raw", "btad", "folder")
+
+
 def make_mvtec_category(root: str, name: str = "widget", n_train: int = 12, n_good: int = 4,
                         defects=("blob",), n_defect: int = 4, size: int = 64,
                         seed: int = 0) -> str:
     """Writes <root>/<name>/{train/good, test/<type>, ground_truth/<type>} and returns its path."""
+    return make_category(root, "mvtec", name, n_train, n_good, defects, n_defect, size, seed)
+
+
+def make_category(root: str, layout: str = "mvtec", name: str = "widget", n_train: int = 12,
+                  n_good: int = 4, defects=("blob",), n_defect: int = 4, size: int = 64,
+                  seed: int = 0) -> str:
+    """Writes one category in `layout` (see LAYOUTS; VisA layouts use the single type 'bad').
+    The same seed gives the same pixels in every layout. Returns the category folder."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     rng = np.random.default_rng(seed)
     base = os.path.join(root, name)
     to8 = lambda a: (np.clip(a, 0, 1) * 255).astype(np.uint8)  # noqa: E731
-    for i in range(n_train):
-        _save(os.path.join(base, "train", "good", f"{i:03d}.png"), to8(_part(rng, size)))
-    for i in range(n_good):
-        _save(os.path.join(base, "test", "good", f"{i:03d}.png"), to8(_part(rng, size)))
-    for defect in defects:
-        for i in range(n_defect):
+    good = "ok" if layout == "btad" else "good"
+    ext = ".bmp" if layout == "btad" else ".png"
+    if layout.startswith("visa"):
+        defects = ("bad",)
+    train = [to8(_part(rng, size)) for _ in range(n_train)]
+    test_good = [to8(_part(rng, size)) for _ in range(n_good)]
+    bad = {d: [] for d in defects}
+    for d in defects:
+        for _ in range(n_defect):
             img, mask = _defect(rng, _part(rng, size))
-            _save(os.path.join(base, "test", defect, f"{i:03d}.png"), to8(img))
-            _save(os.path.join(base, "ground_truth", defect, f"{i:03d}_mask.png"),
-                  mask.astype(np.uint8) * 255)
+            bad[d].append((to8(img), mask.astype(np.uint8) * 255))
+    if layout == "visa_raw":
+        rows = ["object,split,label,image,mask"]
+        for i, img in enumerate(train + test_good):
+            rel = f"{name}/Data/Images/Normal/{i:04d}.JPG".replace(".JPG", ".png")
+            _save(os.path.join(root, rel), img)
+            rows.append(f"{name},{'train' if i < n_train else 'test'},normal,{rel},")
+        for i, (img, mask) in enumerate(bad["bad"]):
+            rel, mrel = f"{name}/Data/Images/Anomaly/{i:03d}.png", f"{name}/Data/Masks/Anomaly/{i:03d}.png"
+            _save(os.path.join(root, rel), img)
+            _save(os.path.join(root, mrel), (mask > 0).astype(np.uint8))  # VisA masks: 0/1
+            rows.append(f"{name},test,anomaly,{rel},{mrel}")
+        csv_path = os.path.join(root, "split_csv", "1cls.csv")
+        os.makedirs(os.path.dirname(csv_path), exist_ok=True)
+        mode = "a" if os.path.isfile(csv_path) else "w"
+        with open(csv_path, mode) as f:
+            f.write("\n".join(rows[1:] if mode == "a" else rows) + "\n")
+        return base
+    if layout == "folder":
+        for i, img in enumerate(train + test_good):
+            _save(os.path.join(base, "good", f"{i:03d}.png"), img)
+        for d, items in bad.items():
+            for i, (img, mask) in enumerate(items):
+                _save(os.path.join(base, "defective", d, f"{i:03d}.png"), img)
+                _save(os.path.join(base, "masks", d, f"{i:03d}.png"), mask)
+        return base
+    for i, img in enumerate(train):
+        _save(os.path.join(base, "train", good, f"{i:03d}{ext}"), img)
+    for i, img in enumerate(test_good):
+        _save(os.path.join(base, "test", good, f"{i:03d}{ext}"), img)
+    suffix = "_mask" if layout == "mvtec" else ""
+    for d, items in bad.items():
+        folder = "ko" if layout == "btad" else d
+        for i, (img, mask) in enumerate(items):
+            _save(os.path.join(base, "test", folder, f"{i:03d}{ext}"), img)
+            _save(os.path.join(base, "ground_truth", folder, f"{i:03d}{suffix}.png"), mask)
     return base
