@@ -35,5 +35,7 @@ setup(
         # runs the PyTorch parity tests, which skip without it.
         "test": ["pytest", "scikit-image"],
         "torch": ["torch==2.13.0"],
+        # tensorflow-datasets builders (data.source=tfds); nothing else imports TensorFlow.
+        "tfds": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
     },
 )

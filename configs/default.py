@@ -12,6 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "elpv"             # elpv | mvtec
     config.data.root = ""                 # elpv: '' = the elpv-dataset package's files
+    config.data.source = "folder"         # folder | tfds (mvtec, visa, btad builders)
+    config.data.tfds_dir = ""             # TFDS data_dir ('' = TFDS's default)
     config.data.category = "all"          # one name, a comma list, or all
     config.data.resize = 256
     config.data.image_size = 224

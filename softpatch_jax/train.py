@@ -88,10 +88,9 @@ def evaluate_category(config, category: str, embedder: Embedder, workdir: str) -
         "n_test_anomalous": int(labels.sum()),
         "memory_bank": int(fitted.bank.features.shape[0]),
     }
-    cat_has_masks = any(s.mask_path for s in split.test)
-    if cat_has_masks:
+    if any(s.has_mask for s in split.test):
         maps = anomaly_map.anomaly_maps(grids, d.image_size, m.blur_sigma)
-        masks = np.stack([preprocess.load_mask(s.mask_path, d.resize, d.image_size, s.path)
+        masks = np.stack([preprocess.load_sample_mask(s, d.resize, d.image_size)
                           for s in split.test])
         result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
     t3 = time.time()
@@ -103,7 +102,8 @@ def evaluate_category(config, category: str, embedder: Embedder, workdir: str) -
 def train_and_evaluate(config, workdir: str) -> Dict[str, Dict]:
     validate(config)
     os.makedirs(workdir, exist_ok=True)
-    categories = data.category_names(config.data.name, config.data.root, config.data.category)
+    categories = data.category_names(config.data.name, config.data.root, config.data.category,
+                                     config.data.source)
     layers = [s.strip() for s in config.model.layers.split(",") if s.strip()]
     embedder = Embedder(config.model.backbone, layers, config.model.weights,
                         config.runtime.cache_dir, config.seed, config.model.embed_dim,

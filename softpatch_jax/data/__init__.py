@@ -1,6 +1,7 @@
 """Dataset readers by name, and category selection (`one`, `a,b`, or `all`).
 
 data.name: mvtec | visa (raw or prepared layout, detected) | btad | elpv | folder (own images).
+data.source: folder (read files) | tfds (read the tensorflow-datasets builders; mvtec/visa/btad).
 """
 import os
 from typing import List
@@ -27,9 +28,18 @@ def _known(name: str, root: str) -> List[str]:
     raise ValueError(f"unknown dataset data.name={name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def category_names(name: str, root: str, spec: str) -> List[str]:
+def _tfds_known(name: str) -> List[str]:
+    from softpatch_jax.data import tfds_builders  # imports TensorFlow: only on demand
+
+    return list({"mvtec": tfds_builders.MVTEC_CATEGORIES, "visa": tfds_builders.VISA_CATEGORIES,
+                 "btad": tfds_builders.BTAD_CATEGORIES}.get(name, ()))
+
+
+def category_names(name: str, root: str, spec: str, source: str = "folder") -> List[str]:
     """Resolves data.category into a list of category names, checking each exists."""
-    known = _known(name, root)
+    if source not in ("folder", "tfds"):
+        raise ValueError(f"data.source={source!r} is unknown; choose folder or tfds")
+    known = _tfds_known(name) if source == "tfds" else _known(name, root)
     if spec == "all":
         if not known:
             raise ValueError(f"no categories of dataset {name} found under data.root={root!r}")
@@ -44,6 +54,10 @@ def category_names(name: str, root: str, spec: str) -> List[str]:
 
 def load_category(data_config, category: str, seed: int) -> Category:
     name, root = data_config.name, data_config.root
+    if data_config.get("source", "folder") == "tfds":
+        from softpatch_jax.data import tfds_builders
+
+        return tfds_builders.load_category(name, category, data_config.get("tfds_dir", ""))
     if name == "elpv":
         return elpv.load_category(root, category, seed, data_config.train_fraction)
     if name == "btad":

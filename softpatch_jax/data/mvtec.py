@@ -117,6 +117,8 @@ def load_visa_raw(root: str, name: str) -> Category:
             (train if row["split"] == "train" else test).append(s)
     if not train:
         raise ValueError(f"no training images of VisA category {name!r} in {split_csv!r}")
+    train.sort(key=lambda s: s.name)  # name order, as every other reader
+    test.sort(key=lambda s: s.name)
     return Category(name, train, test, has_masks=any(s.mask_path for s in test))
 
 

@@ -4,6 +4,7 @@ Masks get the same resize and crop; a pixel is anomalous only if it stays at 1 (
 Grayscale images are replicated to three channels.
 """
 import concurrent.futures
+import io
 from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,9 +31,10 @@ def _resize_crop(img: Image.Image, resize: int, crop: int) -> Image.Image:
     return img.crop((left, top, left + crop, top + crop))
 
 
-def _open(path: str, mode: str) -> Image.Image:
+def _open(path: str, mode: str, data: Optional[bytes] = None) -> Image.Image:
+    """Opens a file, or encoded bytes when `data` is given (`path` then only names it)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
             return img.convert(mode)
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path!r} does not exist") from None
@@ -47,18 +49,26 @@ def augment(img: Image.Image, rotation_deg: float, shift_x: float, shift_y: floa
                       translate=(shift_x * w, shift_y * h))
 
 
-def load_image(path: str, resize: int = 256, crop: int = 224, aug=None) -> np.ndarray:
+def load_image(path: str, resize: int = 256, crop: int = 224, aug=None,
+               data: Optional[bytes] = None) -> np.ndarray:
     """-> (crop, crop, 3) float32, ImageNet-normalised. `aug`: (degrees, dx, dy) or None,
-    applied to the original image before resizing."""
-    img = _open(path, "RGB")
+    applied to the original image before resizing. `data`: encoded bytes instead of the file."""
+    img = _open(path, "RGB", data)
     if aug is not None:
         img = augment(img, *aug)
     img = _resize_crop(img, resize, crop)
     return (np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
+def load_sample_mask(sample, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """The mask of a Sample, from its file or its stored bytes; zeros when it has none."""
+    if sample.mask_bytes is not None:
+        return load_mask(sample.path + ":mask", resize, crop, data=sample.mask_bytes)
+    return load_mask(sample.mask_path, resize, crop, sample.path)
+
+
 def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
-              image_path: Optional[str] = None) -> np.ndarray:
+              image_path: Optional[str] = None, data: Optional[bytes] = None) -> np.ndarray:
     """-> (crop, crop) bool; all False when path is None. The mask must match its image's size.
 
     Any non-zero value marks a defect (MVTec masks are 0/255, some VisA releases use 0/1); the
@@ -66,7 +76,7 @@ def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
     """
     if path is None:
         return np.zeros((crop, crop), bool)
-    mask = _open(path, "L")
+    mask = _open(path, "L", data)
     if image_path is not None:
         with Image.open(image_path) as img:
             if img.size != mask.size:
@@ -80,7 +90,7 @@ def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
 def _load(item, resize, crop):
     if isinstance(item, str):
         return load_image(item, resize, crop)
-    return load_image(item.path, resize, crop, item.augment)
+    return load_image(item.path, resize, crop, item.augment, item.image_bytes)
 
 
 def batches(samples: Sequence, batch_size: int, resize: int, crop: int,

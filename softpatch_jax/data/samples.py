@@ -12,6 +12,13 @@ class Sample:
     mask_path: Optional[str] = None  # ground-truth mask file; None = all zeros
     # (rotation degrees, x shift, y shift as fractions of the size) for augmented noise repeats
     augment: Optional[Tuple[float, float, float]] = None
+    # Encoded image/mask bytes when the sample comes from a store (TFDS), not a file.
+    image_bytes: Optional[bytes] = dataclasses.field(default=None, repr=False)
+    mask_bytes: Optional[bytes] = dataclasses.field(default=None, repr=False)
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask_path is not None or self.mask_bytes is not None
 
 
 @dataclasses.dataclass(frozen=True)
