@@ -53,11 +53,18 @@ def prepare_split(config, category: str) -> noise.NoisySplit:
     return noise.inject_noise(cat, config.noise.ratio, mode, config.seed, files, config.noise.fold)
 
 
-def evaluate_category(config, category: str, embedder: Embedder, workdir: str) -> Dict:
-    split = prepare_split(config, category)
-    with open(os.path.join(workdir, f"noise_{category}.txt"), "w") as f:
+def record_noise(split: noise.NoisySplit, directory: str, category: str) -> None:
+    with open(os.path.join(directory, f"noise_{category}.txt"), "w") as f:
         f.writelines(s.name + "\n" for s in split.injected)
-    report.write_json(os.path.join(workdir, f"noise_{category}.json"), noise.describe(split))
+    report.write_json(os.path.join(directory, f"noise_{category}.json"), noise.describe(split))
+
+
+def evaluate_category(config, category: str, embedder, workdir: str,
+                      overlay_path: str = "") -> Dict:
+    """Fits and scores one category. `embedder`: an Embedder or a FeatureCache around one.
+    `overlay_path`: if set, a PNG of anomaly-map overlays of a few test images is written."""
+    split = prepare_split(config, category)
+    record_noise(split, workdir, category)
     d, m = config.data, config.model
     if m.discriminator == "lof" and not 0 < m.lof_k < len(split.train):
         raise ValueError(f"model.lof_k={m.lof_k} needs more than {m.lof_k} training images per "
@@ -88,11 +95,18 @@ def evaluate_category(config, category: str, embedder: Embedder, workdir: str) -
         "n_test_anomalous": int(labels.sum()),
         "memory_bank": int(fitted.bank.features.shape[0]),
     }
-    if any(s.has_mask for s in split.test):
+    has_masks = any(s.has_mask for s in split.test)
+    if has_masks or overlay_path:
         maps = anomaly_map.anomaly_maps(grids, d.image_size, m.blur_sigma)
         masks = np.stack([preprocess.load_sample_mask(s, d.resize, d.image_size)
                           for s in split.test])
-        result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
+        if has_masks:
+            result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
+        if overlay_path:
+            from softpatch_jax import plots
+
+            plots.overlays(split.test, maps, masks, d.resize, d.image_size, overlay_path,
+                           f"{category}: {m.discriminator}")
     t3 = time.time()
     result.update(seconds_features_train=round(t1 - t0, 2), seconds_fit=round(t2 - t1, 2),
                   seconds_predict=round(t3 - t2, 2))

@@ -1,0 +1,62 @@
+"""On-disk cache of patch features, one .npy per image, so that sweep points share one extraction.
+
+The folder is keyed by everything that changes a feature (backbone, its weights file's hash or the
+random seed, taps, dtype, embedding size, patch size, resize, crop); a file inside by the image's
+path and name and its augmentation. A changed config therefore never reads stale features, and an
+interrupted extraction keeps what it finished (each file is written atomically).
+"""
+import hashlib
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from softpatch_jax.backbones import convert
+
+
+def config_key(model_config, data_config, seed: int) -> str:
+    """Hex digest of the fields that determine patch features."""
+    weights = model_config.weights
+    if weights == "random" or (weights == "" and model_config.backbone.startswith(("resnet",
+                                                                                "wide"))):
+        weights = f"random:{seed}"
+    elif weights:
+        weights = convert.file_sha256(weights)
+    fields = dict(backbone=model_config.backbone, weights=weights, layers=model_config.layers,
+                  dtype=model_config.dtype, embed_dim=model_config.embed_dim,
+                  patch_size=model_config.patch_size, resize=data_config.resize,
+                  image_size=data_config.image_size, version=convert.CONVERSION_VERSION)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _sample_key(sample) -> str:
+    ident = f"{sample.path}|{sample.name}|{sample.augment}"
+    return hashlib.sha1(ident.encode()).hexdigest()
+
+
+class FeatureCache:
+    """Wraps an Embedder: `embed` has its signature and extracts only the images not cached."""
+
+    def __init__(self, embedder, directory: str):
+        self.embedder = embedder
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+
+    def grid(self, image_size: int):
+        return self.embedder.grid(image_size)
+
+    def _path(self, sample) -> str:
+        return os.path.join(self.directory, _sample_key(sample) + ".npy")
+
+    def embed(self, samples: Sequence, resize: int, image_size: int, batch_size: int = 16,
+              desc: str = "features") -> np.ndarray:
+        missing = [s for s in samples if not os.path.isfile(self._path(s))]
+        if missing:
+            feats = self.embedder.embed(missing, resize, image_size, batch_size, desc)
+            for s, f in zip(missing, feats):
+                path = self._path(s)
+                tmp = f"{path}.tmp{os.getpid()}.npy"
+                np.save(tmp, f)
+                os.replace(tmp, path)
+        return np.stack([np.load(self._path(s)) for s in samples])

@@ -1,0 +1,63 @@
+"""Figures for people: AUROC-versus-noise curves and anomaly-map overlays (matplotlib, Agg)."""
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from softpatch_jax.data import preprocess  # noqa: E402
+
+
+def sweep_curves(rows: List[Dict], path: str, metrics=("image_auroc", "pixel_auroc")) -> None:
+    """rows: dicts with mode, method, ratio and metric values (already averaged over categories).
+    One panel per (metric, mode), one line per method."""
+    metrics = [m for m in metrics if any(r.get(m) is not None for r in rows)]
+    modes = sorted({r["mode"] for r in rows})
+    fig, axes = plt.subplots(len(metrics), len(modes), figsize=(4.5 * len(modes),
+                                                                 3.6 * len(metrics)),
+                             squeeze=False)
+    for i, metric in enumerate(metrics):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            for method in sorted({r["method"] for r in rows}):
+                pts = sorted((r["ratio"], r[metric]) for r in rows
+                             if r["mode"] == mode and r["method"] == method
+                             and r.get(metric) is not None)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=method)
+            ax.set_title(f"{metric} ({mode})")
+            ax.set_xlabel("noise ratio")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def overlays(samples: Sequence, maps: np.ndarray, masks: np.ndarray, resize: int, crop: int,
+             path: str, title: str = "", count: int = 6) -> None:
+    """The first anomalous and a normal test image: image, map overlay, ground-truth contour."""
+    anomalous = [i for i, s in enumerate(samples) if s.label == 1][:count - 1]
+    normal = [i for i, s in enumerate(samples) if s.label == 0][:1]
+    picks = anomalous + normal
+    if not picks:
+        return
+    lo, hi = float(maps.min()), float(maps.max())
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.9), squeeze=False)
+    for ax, i in zip(axes[0], picks):
+        s = samples[i]
+        img = preprocess.load_image(s.path, resize, crop, s.augment, s.image_bytes)
+        img = np.clip(img * preprocess.IMAGENET_STD + preprocess.IMAGENET_MEAN, 0, 1)
+        ax.imshow(img)
+        ax.imshow(maps[i], cmap="jet", alpha=0.45, vmin=lo, vmax=hi)
+        if masks[i].any():
+            ax.contour(masks[i], levels=[0.5], colors="white", linewidths=1.0)
+        ax.set_title(f"{s.defect}\n{maps[i].max():.3g}", fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
