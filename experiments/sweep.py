@@ -29,7 +29,7 @@ flags.DEFINE_string("workdir", None, "Sweep directory (results, cached features,
 config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
-METRICS = ("image_auroc", "pixel_auroc")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 
 
 def _split(spec: str):

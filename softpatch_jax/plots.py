@@ -10,7 +10,8 @@ import numpy as np  # noqa: E402
 from softpatch_jax.data import preprocess  # noqa: E402
 
 
-def sweep_curves(rows: List[Dict], path: str, metrics=("image_auroc", "pixel_auroc")) -> None:
+def sweep_curves(rows: List[Dict], path: str,
+                 metrics=("image_auroc", "pixel_auroc", "aupro")) -> None:
     """rows: dicts with mode, method, ratio and metric values (already averaged over categories).
     One panel per (metric, mode), one line per method."""
     metrics = [m for m in metrics if any(r.get(m) is not None for r in rows)]

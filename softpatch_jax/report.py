@@ -4,7 +4,7 @@ import math
 import os
 from typing import Dict
 
-METRICS = ("image_auroc", "pixel_auroc")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 
 
 def _mean(values):

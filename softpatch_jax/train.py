@@ -87,8 +87,12 @@ def evaluate_category(config, category: str, embedder, workdir: str,
     h, w = embedder.grid(d.image_size)
     grids = patch.reshape(-1, h, w)
     labels = np.array([s.label for s in split.test])
+    image_scores = grids.max(axis=(1, 2))
     result = {
-        "image_auroc": metrics.image_auroc(labels, grids.max(axis=(1, 2))),
+        "image_auroc": metrics.image_auroc(labels, image_scores),
+        "image_f1_max": metrics.f1_max(labels, image_scores),
+        "image_auroc_per_defect": metrics.per_defect_auroc(
+            labels, image_scores, [s.defect for s in split.test]),
         "n_train_clean": len(split.train) - len(split.injected),
         "n_noise": len(split.injected),
         "n_test": len(split.test),
@@ -102,6 +106,7 @@ def evaluate_category(config, category: str, embedder, workdir: str,
                           for s in split.test])
         if has_masks:
             result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
+            result["aupro"] = metrics.aupro(masks, maps, max_fpr=0.3)
         if overlay_path:
             from softpatch_jax import plots
 

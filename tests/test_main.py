@@ -27,6 +27,8 @@ def test_mvtec_format_end_to_end(mvtec_root, tmp_path, cache_dir):
     assert widget["n_noise"] == 3 and widget["n_test"] == 12
     assert 0.0 <= widget["image_auroc"] <= 1.0 and 0.0 <= widget["pixel_auroc"] <= 1.0
     assert widget["pixel_auroc"] > 0.7  # the pasted blobs are easy to localise
+    assert 0.0 <= widget["aupro"] <= 1.0 and 0.0 < widget["image_f1_max"] <= 1.0
+    assert set(widget["image_auroc_per_defect"]) == {"blob", "scratch"}
     assert result["config"]["model"]["discriminator"] == "lof"
     assert "| widget |" in (tmp_path / "results.md").read_text()
     assert len((tmp_path / "noise_widget.txt").read_text().split()) == 3
