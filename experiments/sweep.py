@@ -121,7 +121,7 @@ def run_sweep(config, workdir):
                 if config.sweep.overlays else ""
             start = time.time()
             result = train.evaluate_category(pc, category, cache, os.path.dirname(path),
-                                             overlay)
+                                             overlay, save_checkpoint=False)
             result.update(category=category, mode=mode, ratio=ratio, method=disc,
                           seconds=round(time.time() - start, 2))
             report.write_json(path, result)  # atomic: a killed point leaves nothing behind

@@ -1,19 +1,26 @@
-"""Command line: python -m softpatch_jax.main --config configs/default.py --workdir DIR.
+"""Command line.
 
-Any config field can be overridden with --config.<field>=<value>.
+Fit and evaluate: python -m softpatch_jax.main --config configs/default.py --workdir DIR
+  (any config field can be overridden with --config.<field>=<value>)
+Score new images: python -m softpatch_jax.main --mode=predict --workdir DIR --images=a.png,b.png
 """
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from softpatch_jax import train
+from softpatch_jax import predict, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics.json, results.md and run files.")
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
                                 lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_enum("mode", "fit", ["fit", "predict"], "fit: fit and evaluate; predict: score "
+                  "--images with the models fitted in --workdir.")
+flags.DEFINE_list("images", [], "Images to score in predict mode.")
+flags.DEFINE_string("category", "", "Predict mode: the fitted category to use ('' = all).")
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -21,6 +28,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
     try:
+        if FLAGS.mode == "predict":
+            for cat, scores in predict.predict_images(FLAGS.workdir, FLAGS.images,
+                                                      FLAGS.category).items():
+                print(f"{cat}: " + ", ".join(f"{os.path.basename(p)}={v:.6g}"
+                                             for p, v in zip(FLAGS.images, scores)))
+            return
+        if FLAGS.config is None:
+            raise app.UsageError("--config is required to fit")
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, FileNotFoundError, ImportError) as e:
         # Bad input: one line naming the problem and the fix, no traceback.

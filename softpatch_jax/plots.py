@@ -37,6 +37,20 @@ def sweep_curves(rows: List[Dict], path: str,
     plt.close(fig)
 
 
+def map_png(sample, amap: np.ndarray, resize: int, crop: int, path: str, vmax: float) -> None:
+    """One image with its anomaly map overlaid (colour scale 0..vmax) and its score."""
+    img = preprocess.load_image(sample.path, resize, crop, sample.augment, sample.image_bytes)
+    img = np.clip(img * preprocess.IMAGENET_STD + preprocess.IMAGENET_MEAN, 0, 1)
+    fig, ax = plt.subplots(figsize=(3, 3.2))
+    ax.imshow(img)
+    ax.imshow(amap, cmap="jet", alpha=0.45, vmin=0, vmax=vmax)
+    ax.set_title(f"{sample.name}\nscore {amap.max():.4g}", fontsize=7)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def overlays(samples: Sequence, maps: np.ndarray, masks: np.ndarray, resize: int, crop: int,
              path: str, title: str = "", count: int = 6) -> None:
     """The first anomalous and a normal test image: image, map overlay, ground-truth contour."""

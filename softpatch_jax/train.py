@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from softpatch_jax import anomaly_map, data, metrics, report, softpatch
+from softpatch_jax import anomaly_map, checkpoint, data, metrics, report, softpatch
 from softpatch_jax.data import noise, preprocess
 from softpatch_jax.embedding import Embedder
 
@@ -59,8 +59,22 @@ def record_noise(split: noise.NoisySplit, directory: str, category: str) -> None
     report.write_json(os.path.join(directory, f"noise_{category}.json"), noise.describe(split))
 
 
+def score_grids(features: np.ndarray, bank, config, grid) -> np.ndarray:
+    """(T, P, D) test features -> (T, h, w) patch-score grids."""
+    soft = config.model.soft_weight and config.model.discriminator != "none"
+    patch = softpatch.predict(features, bank, soft, config.runtime.memory_budget_mb)
+    return patch.reshape(-1, *grid)
+
+
+def write_scores(path: str, samples, image_scores) -> None:
+    with open(path, "w") as f:
+        f.write("name,label,defect,score\n")
+        for s, v in zip(samples, image_scores):
+            f.write(f"{s.name},{s.label},{s.defect},{float(v)!r}\n")
+
+
 def evaluate_category(config, category: str, embedder, workdir: str,
-                      overlay_path: str = "") -> Dict:
+                      overlay_path: str = "", save_checkpoint: bool = True) -> Dict:
     """Fits and scores one category. `embedder`: an Embedder or a FeatureCache around one.
     `overlay_path`: if set, a PNG of anomaly-map overlays of a few test images is written."""
     split = prepare_split(config, category)
@@ -82,12 +96,14 @@ def evaluate_category(config, category: str, embedder, workdir: str,
     t2 = time.time()
     test_feats = embedder.embed(split.test, d.resize, d.image_size, d.batch_size,
                                 f"{category}: test features")
-    soft = m.soft_weight and m.discriminator != "none"
-    patch = softpatch.predict(test_feats, fitted.bank, soft, config.runtime.memory_budget_mb)
     h, w = embedder.grid(d.image_size)
-    grids = patch.reshape(-1, h, w)
+    if save_checkpoint:
+        checkpoint.save_model(checkpoint.checkpoint_dir(workdir, category), fitted.bank,
+                              config.to_dict(), (h, w))
+    grids = score_grids(test_feats, fitted.bank, config, (h, w))
     labels = np.array([s.label for s in split.test])
     image_scores = grids.max(axis=(1, 2))
+    write_scores(os.path.join(workdir, f"scores_{category}.csv"), split.test, image_scores)
     result = {
         "image_auroc": metrics.image_auroc(labels, image_scores),
         "image_f1_max": metrics.f1_max(labels, image_scores),

@@ -1,0 +1,63 @@
+"""Scores new images with fitted models from a workdir, without refitting.
+
+python -m softpatch_jax.main --mode=predict --workdir=DIR --images=a.png,b.png [--category=c]
+
+Writes DIR/predictions/<category>/scores.csv (image score = max patch score) and one anomaly-map
+PNG per image (maps/<image>.png), for each fitted category (or the one named).
+"""
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm.auto import tqdm
+
+from softpatch_jax import anomaly_map, checkpoint, plots, train
+from softpatch_jax.data.samples import Sample
+from softpatch_jax.embedding import Embedder
+
+
+def fitted_categories(workdir: str) -> List[str]:
+    root = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"no fitted models in {workdir!r} (no checkpoints/ folder); "
+                                "fit first with the same --workdir")
+    return sorted(os.listdir(root))
+
+
+def predict_images(workdir: str, paths: Sequence[str], category: str = "",
+                   write_maps: bool = True) -> Dict[str, np.ndarray]:
+    """-> {category: (N,) image scores}, also written to DIR/predictions/<category>/."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing or not paths:
+        raise FileNotFoundError(f"images not found: {missing[:3] or 'none given'}; pass "
+                                "--images=PATH[,PATH...]")
+    categories = [category] if category else fitted_categories(workdir)
+    samples = [Sample(os.path.abspath(p), 0, "unknown", os.path.basename(p)) for p in paths]
+    out, embedders = {}, {}
+    for cat in categories:
+        bank, meta = checkpoint.load_model(checkpoint.checkpoint_dir(workdir, cat))
+        config = ConfigDict(meta["config"])
+        m, d = config.model, config.data
+        key = (m.backbone, m.weights, m.layers, m.dtype, m.embed_dim, m.patch_size)
+        if key not in embedders:  # categories fitted with one backbone share it
+            layers = [s.strip() for s in m.layers.split(",") if s.strip()]
+            embedders[key] = Embedder(m.backbone, layers, m.weights, config.runtime.cache_dir,
+                                      config.seed, m.embed_dim, m.patch_size, m.dtype)
+        feats = embedders[key].embed(samples, d.resize, d.image_size, d.batch_size,
+                                     f"{cat}: features")
+        grids = train.score_grids(feats, bank, config, tuple(meta["grid"]))
+        scores = grids.max(axis=(1, 2))
+        target = os.path.join(workdir, "predictions", cat)
+        os.makedirs(target, exist_ok=True)
+        train.write_scores(os.path.join(target, "scores.csv"), samples, scores)
+        if write_maps:
+            maps = anomaly_map.anomaly_maps(grids, d.image_size, m.blur_sigma)
+            os.makedirs(os.path.join(target, "maps"), exist_ok=True)
+            vmax = float(maps.max())
+            for s, amap in tqdm(list(zip(samples, maps)), desc=f"{cat}: maps", leave=False):
+                name = os.path.splitext(s.name)[0] + ".png"
+                plots.map_png(s, amap, d.resize, d.image_size,
+                              os.path.join(target, "maps", name), vmax)
+        out[cat] = scores
+    return out
