@@ -34,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.weights = ""             # '' = packaged ImageNet weights, 'random', or a .pth path
     config.model.layers = "stage3,stage5"  # taps: stride-8 and stride-16 stage ends
     config.model.dtype = "float32"        # backbone compute dtype: float32 | bfloat16
-    config.model.discriminator = "lof"    # none (PatchCore) | nearest | gaussian | lof
+    config.model.method = "softpatch"     # softpatch | softpatch_plus | patchcore | padim
+    config.model.discriminator = "lof"    # softpatch: none (PatchCore) | nearest | gaussian | lof
     config.model.threshold = 0.15
     config.model.lof_k = 6
     config.model.coreset_ratio = 0.1
@@ -44,6 +45,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.projection_dim = 128
     config.model.num_starts = 10
     config.model.blur_sigma = 4.0
+    config.model.num_nn = 1               # nearest neighbours averaged per patch score
+    config.model.reweight_neighbours = 0  # PatchCore image-score reweighting (paper: 9); 0 = off
+    # SoftPatch+ (secondary sources; see README): fusion and the two banks' removal ratios.
+    config.model.fusion = "lof,gaussian"
+    config.model.fusion_rule = "mean"     # mean | max of the rank-normalised scores
+    config.model.cls_threshold = 0.15     # classification bank (image scores)
+    config.model.seg_threshold = 0.5      # segmentation bank (anomaly maps)
+    # PaDiM: random channels of the first three levels (EfficientNet-Lite: stride 4, 8, 16).
+    config.model.padim_layers = "stage2,stage3,stage4"
+    config.model.padim_dim = 100
 
     config.runtime = ml_collections.ConfigDict()
     config.runtime.memory_budget_mb = 1024

@@ -20,8 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
-from softpatch_jax import data, plots, report, train
-from softpatch_jax.embedding import Embedder
+from softpatch_jax import data, methods, plots, report, train
 from softpatch_jax.feature_cache import FeatureCache, config_key
 
 FLAGS = flags.FLAGS
@@ -52,10 +51,16 @@ def point_path(workdir, category, mode, ratio, disc):
                         "result.json")
 
 
-def point_config(config, mode, ratio, disc):
+def point_config(config, mode, ratio, method):
+    """`method`: a SoftPatch discriminator (none, nearest, gaussian, lof) or another method
+    (patchcore, softpatch_plus, padim)."""
     c = config.copy_and_resolve_references()
     with c.unlocked():
-        c.noise.mode, c.noise.ratio, c.model.discriminator = mode, ratio, disc
+        c.noise.mode, c.noise.ratio = mode, ratio
+        if method in methods.METHODS and method != "softpatch":
+            c.model.method = method
+        else:
+            c.model.method, c.model.discriminator = "softpatch", method
         del c["sweep"]
     return c
 
@@ -105,17 +110,17 @@ def run_sweep(config, workdir):
     os.makedirs(workdir, exist_ok=True)
     train.validate(config)
     todo = points(config)
-    layers = [s.strip() for s in config.model.layers.split(",") if s.strip()]
-    embedder = Embedder(config.model.backbone, layers, config.model.weights,
-                        config.runtime.cache_dir, config.seed, config.model.embed_dim,
-                        config.model.patch_size, config.model.dtype)
-    key = config_key(config.model, config.data, config.seed)
+    embedders = {}  # one per feature kind (patch features; PaDiM's), built on first use
     rows = []
     for category, mode, ratio, disc in tqdm(todo, desc="sweep points"):
         path = point_path(workdir, category, mode, ratio, disc)
         if not os.path.isfile(path):
             pc = point_config(config, mode, ratio, disc)
-            cache = FeatureCache(embedder, os.path.join(workdir, "features", key, category))
+            methods.check(pc)
+            key = config_key(pc.model, pc.data, pc.seed)
+            if key not in embedders:
+                embedders[key] = methods.make_embedder(pc)
+            cache = FeatureCache(embedders[key], os.path.join(workdir, "features", key, category))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             overlay = os.path.join(os.path.dirname(path), "overlay.png") \
                 if config.sweep.overlays else ""

@@ -1,5 +1,6 @@
-"""Fitted models on disk (orbax-checkpoint): the memory bank, its soft weights, the resolved config
-and a reference to the backbone (name, taps, weights file and its hash).
+"""Fitted models on disk (orbax-checkpoint): the model's arrays (memory bank and soft weights, both
+banks of SoftPatch+, PaDiM's Gaussians), the resolved config and a reference to the backbone (name,
+taps, weights file and its hash).
 
 A save writes a complete new checkpoint beside the old one (orbax itself commits atomically), then
 swaps folders by renames; `load_model` falls back on the previous one if a save died mid-swap.
@@ -7,21 +8,22 @@ So an interrupted save never leaves a checkpoint that loads wrong: the old or th
 """
 import os
 import shutil
-from typing import Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import orbax.checkpoint as ocp
 
 from softpatch_jax.backbones import convert
-from softpatch_jax.softpatch import MemoryBank
 
 
 def checkpoint_dir(workdir: str, category: str) -> str:
     return os.path.abspath(os.path.join(workdir, "checkpoints", category))
 
 
-def save_model(path: str, bank: MemoryBank, config: dict, grid: Tuple[int, int]) -> None:
-    """Saves one category's fitted model to `path` (replacing an older one)."""
+def save_model(path: str, arrays: Dict[str, np.ndarray], config: dict,
+               grid: Tuple[int, int]) -> None:
+    """Saves one category's fitted model (the arrays of `methods.fit`) to `path`, replacing an
+    older one."""
     weights = config["model"]["weights"]
     meta = {"config": config, "grid": list(grid),
             "weights_sha256": convert.file_sha256(weights) if weights not in ("", "random")
@@ -32,8 +34,7 @@ def save_model(path: str, bank: MemoryBank, config: dict, grid: Tuple[int, int])
     ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
         ckptr.save(tmp, args=ocp.args.Composite(
-            bank=ocp.args.StandardSave({"features": np.asarray(bank.features),
-                                        "weights": np.asarray(bank.weights)}),
+            bank=ocp.args.StandardSave({k: np.asarray(v) for k, v in arrays.items()}),
             meta=ocp.args.JsonSave(meta)))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -45,8 +46,8 @@ def save_model(path: str, bank: MemoryBank, config: dict, grid: Tuple[int, int])
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_model(path: str) -> Tuple[MemoryBank, dict]:
-    """-> (memory bank, metadata with 'config' and 'grid')."""
+def load_model(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
+    """-> (the fitted arrays, metadata with 'config' and 'grid')."""
     path = os.path.abspath(path)
     if not os.path.isdir(path) and os.path.isdir(f"{path}.old"):
         path = f"{path}.old"  # a save died between its two renames
@@ -62,5 +63,4 @@ def load_model(path: str) -> Tuple[MemoryBank, dict]:
         if convert.file_sha256(weights) != meta["weights_sha256"]:
             raise ValueError(f"backbone weights {weights!r} changed since the model was fitted; "
                              "refit, or restore the original weights file")
-    bank = restored["bank"]
-    return MemoryBank(np.asarray(bank["features"]), np.asarray(bank["weights"])), meta
+    return {k: np.asarray(v) for k, v in restored["bank"].items()}, meta

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from softpatch_jax import features
+from softpatch_jax import features, padim
 from softpatch_jax.backbones import build_backbone
 from softpatch_jax.data import preprocess
 
@@ -18,19 +18,35 @@ class Embedder:
 
     def __init__(self, backbone: str, layers: Sequence[str], weights: str = "",
                  cache_dir: str = "", seed: int = 0, embed_dim: int = 1024, patch_size: int = 3,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", padim_dim: int = 0):
+        """`padim_dim` > 0: PaDiM features (the tapped maps on the finest grid, `padim_dim`
+        channels drawn with the seed) instead of locally aware patch features."""
         self.layers = tuple(layers)
         self.module, self.variables = build_backbone(backbone, self.layers, weights, cache_dir,
                                                      seed, dtype)
-        self.embed_dim, self.patch_size = embed_dim, patch_size
+        self.padim_channels = ()
+        if padim_dim:
+            key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x9AD1)
+            self.padim_channels = tuple(
+                int(c) for c in padim.select_channels(key, self._channels(), padim_dim))
+        self.embed_dim = len(self.padim_channels) or embed_dim
+        self.patch_size = patch_size
         self._fn = jax.jit(functools.partial(self._embed, self.module, self.layers,
-                                             embed_dim, patch_size))
+                                             embed_dim, patch_size, self.padim_channels))
 
     @staticmethod
-    def _embed(module, layers, embed_dim, patch_size, variables, images):
+    def _embed(module, layers, embed_dim, patch_size, padim_channels, variables, images):
         maps = module.apply(variables, images)
         ordered = sorted((maps[name] for name in layers), key=lambda m: -m.shape[1])  # finest first
+        if padim_channels:
+            return padim.padim_features(ordered, np.asarray(padim_channels))
         return features.patch_features(ordered, embed_dim, patch_size)
+
+    def _channels(self) -> int:
+        """Total channels of the taps (PaDiM draws its channels from these)."""
+        out = jax.eval_shape(lambda v, x: self.module.apply(v, x), self.variables,
+                             jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+        return sum(m.shape[-1] for m in out.values())
 
     def grid(self, image_size: int) -> Tuple[int, int]:
         """Patch grid (h, w) for square inputs of `image_size`."""

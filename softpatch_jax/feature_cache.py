@@ -23,7 +23,10 @@ def config_key(model_config, data_config, seed: int) -> str:
         weights = f"random:{seed}"
     elif weights:
         weights = convert.file_sha256(weights)
-    fields = dict(backbone=model_config.backbone, weights=weights, layers=model_config.layers,
+    padim = model_config.get("method", "softpatch") == "padim"
+    fields = dict(backbone=model_config.backbone, weights=weights,
+                  layers=model_config.padim_layers if padim else model_config.layers,
+                  padim=(model_config.padim_dim, seed) if padim else None,
                   dtype=model_config.dtype, embed_dim=model_config.embed_dim,
                   patch_size=model_config.patch_size, resize=data_config.resize,
                   image_size=data_config.image_size, version=convert.CONVERSION_VERSION)

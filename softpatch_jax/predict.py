@@ -12,9 +12,8 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from softpatch_jax import anomaly_map, checkpoint, plots, train
+from softpatch_jax import anomaly_map, checkpoint, feature_cache, methods, plots, train
 from softpatch_jax.data.samples import Sample
-from softpatch_jax.embedding import Embedder
 
 
 def fitted_categories(workdir: str) -> List[str]:
@@ -36,18 +35,15 @@ def predict_images(workdir: str, paths: Sequence[str], category: str = "",
     samples = [Sample(os.path.abspath(p), 0, "unknown", os.path.basename(p)) for p in paths]
     out, embedders = {}, {}
     for cat in categories:
-        bank, meta = checkpoint.load_model(checkpoint.checkpoint_dir(workdir, cat))
+        arrays, meta = checkpoint.load_model(checkpoint.checkpoint_dir(workdir, cat))
         config = ConfigDict(meta["config"])
         m, d = config.model, config.data
-        key = (m.backbone, m.weights, m.layers, m.dtype, m.embed_dim, m.patch_size)
+        key = feature_cache.config_key(m, d, config.seed)
         if key not in embedders:  # categories fitted with one backbone share it
-            layers = [s.strip() for s in m.layers.split(",") if s.strip()]
-            embedders[key] = Embedder(m.backbone, layers, m.weights, config.runtime.cache_dir,
-                                      config.seed, m.embed_dim, m.patch_size, m.dtype)
+            embedders[key] = methods.make_embedder(config)
         feats = embedders[key].embed(samples, d.resize, d.image_size, d.batch_size,
                                      f"{cat}: features")
-        grids = train.score_grids(feats, bank, config, tuple(meta["grid"]))
-        scores = grids.max(axis=(1, 2))
+        scores, grids = methods.score(config, arrays, feats, tuple(meta["grid"]))
         target = os.path.join(workdir, "predictions", cat)
         os.makedirs(target, exist_ok=True)
         train.write_scores(os.path.join(target, "scores.csv"), samples, scores)

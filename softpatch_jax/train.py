@@ -9,9 +9,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from softpatch_jax import anomaly_map, checkpoint, data, metrics, report, softpatch
+from softpatch_jax import anomaly_map, checkpoint, data, methods, metrics, report, softpatch
 from softpatch_jax.data import noise, preprocess
-from softpatch_jax.embedding import Embedder
 
 
 def validate(config) -> None:
@@ -28,6 +27,7 @@ def validate(config) -> None:
     if not 0.0 <= m.threshold < 1.0:
         raise ValueError(f"model.threshold={m.threshold} must lie in [0, 1)")
     noise.resolve_mode(config.noise.mode, config.noise.overlap)
+    methods.check(config)
     if config.noise.ratio < 0:
         raise ValueError(f"noise.ratio={config.noise.ratio} must be >= 0")
 
@@ -59,13 +59,6 @@ def record_noise(split: noise.NoisySplit, directory: str, category: str) -> None
     report.write_json(os.path.join(directory, f"noise_{category}.json"), noise.describe(split))
 
 
-def score_grids(features: np.ndarray, bank, config, grid) -> np.ndarray:
-    """(T, P, D) test features -> (T, h, w) patch-score grids."""
-    soft = config.model.soft_weight and config.model.discriminator != "none"
-    patch = softpatch.predict(features, bank, soft, config.runtime.memory_budget_mb)
-    return patch.reshape(-1, *grid)
-
-
 def write_scores(path: str, samples, image_scores) -> None:
     with open(path, "w") as f:
         f.write("name,label,defect,score\n")
@@ -80,29 +73,29 @@ def evaluate_category(config, category: str, embedder, workdir: str,
     split = prepare_split(config, category)
     record_noise(split, workdir, category)
     d, m = config.data, config.model
-    if m.discriminator == "lof" and not 0 < m.lof_k < len(split.train):
-        raise ValueError(f"model.lof_k={m.lof_k} needs more than {m.lof_k} training images per "
-                         f"position, but there are {len(split.train)}; lower model.lof_k or add "
-                         "training images")
+    need = methods.min_train_images(config)
+    if len(split.train) < need:
+        what = f"model.lof_k={m.lof_k} needs more than {m.lof_k}" if need > 2 else \
+            f"model.method={m.method} needs at least {need}"
+        raise ValueError(f"{what} training images per position, but there are "
+                         f"{len(split.train)}; add training images" +
+                         (" or lower model.lof_k" if need > 2 else ""))
     t0 = time.time()
     train_feats = embedder.embed(split.train, d.resize, d.image_size, d.batch_size,
                                  f"{category}: train features")
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), zlib.crc32(category.encode()))
     t1 = time.time()
-    fitted = softpatch.fit(train_feats, key, m.discriminator, m.lof_k, m.threshold,
-                           m.coreset_ratio, m.projection_dim, m.num_starts,
-                           config.runtime.memory_budget_mb, progress=True)
+    arrays = methods.fit(config, train_feats, key)
     del train_feats
     t2 = time.time()
     test_feats = embedder.embed(split.test, d.resize, d.image_size, d.batch_size,
                                 f"{category}: test features")
     h, w = embedder.grid(d.image_size)
     if save_checkpoint:
-        checkpoint.save_model(checkpoint.checkpoint_dir(workdir, category), fitted.bank,
+        checkpoint.save_model(checkpoint.checkpoint_dir(workdir, category), arrays,
                               config.to_dict(), (h, w))
-    grids = score_grids(test_feats, fitted.bank, config, (h, w))
+    image_scores, grids = methods.score(config, arrays, test_feats, (h, w))
     labels = np.array([s.label for s in split.test])
-    image_scores = grids.max(axis=(1, 2))
     write_scores(os.path.join(workdir, f"scores_{category}.csv"), split.test, image_scores)
     result = {
         "image_auroc": metrics.image_auroc(labels, image_scores),
@@ -113,8 +106,9 @@ def evaluate_category(config, category: str, embedder, workdir: str,
         "n_noise": len(split.injected),
         "n_test": len(split.test),
         "n_test_anomalous": int(labels.sum()),
-        "memory_bank": int(fitted.bank.features.shape[0]),
     }
+    if "features" in arrays or "cls_features" in arrays:
+        result["memory_bank"] = int(arrays.get("features", arrays.get("cls_features")).shape[0])
     has_masks = any(s.has_mask for s in split.test)
     if has_masks or overlay_path:
         maps = anomaly_map.anomaly_maps(grids, d.image_size, m.blur_sigma)
@@ -127,7 +121,7 @@ def evaluate_category(config, category: str, embedder, workdir: str,
             from softpatch_jax import plots
 
             plots.overlays(split.test, maps, masks, d.resize, d.image_size, overlay_path,
-                           f"{category}: {m.discriminator}")
+                           f"{category}: {m.method} ({methods.discriminator(config)})")
     t3 = time.time()
     result.update(seconds_features_train=round(t1 - t0, 2), seconds_fit=round(t2 - t1, 2),
                   seconds_predict=round(t3 - t2, 2))
@@ -139,11 +133,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Dict]:
     os.makedirs(workdir, exist_ok=True)
     categories = data.category_names(config.data.name, config.data.root, config.data.category,
                                      config.data.source)
-    layers = [s.strip() for s in config.model.layers.split(",") if s.strip()]
-    embedder = Embedder(config.model.backbone, layers, config.model.weights,
-                        config.runtime.cache_dir, config.seed, config.model.embed_dim,
-                        config.model.patch_size, config.model.dtype)
-    title = (f"{config.data.name}: discriminator={config.model.discriminator}, "
+    embedder = methods.make_embedder(config)
+    title = (f"{config.data.name}: {config.model.method} ({methods.discriminator(config)}), "
              f"noise={config.noise.ratio} "
              f"({noise.resolve_mode(config.noise.mode, config.noise.overlap)}), "
              f"{config.model.backbone}")

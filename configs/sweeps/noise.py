@@ -19,7 +19,7 @@ def get_config():
     config = _mvtec.get_config()
     config.sweep = ml_collections.ConfigDict()
     config.sweep.ratios = "0,0.05,0.1,0.2"           # comma list of noise.ratio values
-    config.sweep.discriminators = "none,nearest,gaussian,lof"
+    config.sweep.discriminators = "none,nearest,gaussian,lof"  # or patchcore, softpatch_plus, padim
     config.sweep.modes = "no_overlap"                 # comma list of noise.mode values
     config.sweep.overlays = True                      # anomaly-map overlays per point
     return config
