@@ -83,3 +83,21 @@ def test_bad_input_is_one_line(mvtec_root, tmp_path, cache_dir, args, message):
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("method", ["softpatch_plus", "padim", "patchcore"])
+def test_other_methods_end_to_end_and_predict(mvtec_root, tmp_path, cache_dir, method):
+    out = _run(["--config=configs/mvtec.py", f"--config.data.root={mvtec_root}",
+                f"--config.model.method={method}", "--config.model.lof_k=5",
+                "--config.model.reweight_neighbours=3"] + SMALL, tmp_path, cache_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    widget = json.loads((tmp_path / "metrics.json").read_text())["categories"]["widget"]
+    assert widget["pixel_auroc"] > 0.7, widget
+    rows = [r.split(",") for r in (tmp_path / "scores_widget.csv").read_text().split("\n")[1:] if r]
+    images = [os.path.join(mvtec_root, "widget", r[0]) for r in rows[-2:]]
+    out = _run(["--mode=predict", f"--images={','.join(images)}"], tmp_path, cache_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pred = [r.split(",") for r in
+            (tmp_path / "predictions" / "widget" / "scores.csv").read_text().split("\n")[1:] if r]
+    np.testing.assert_allclose([float(p[3]) for p in pred], [float(r[3]) for r in rows[-2:]],
+                               rtol=1e-5)
