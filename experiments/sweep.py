@@ -6,7 +6,8 @@ Features are extracted once per (backbone, image size, ...) into DIR/features/<k
 every point. Each finished point is written at once to DIR/points/.../result.json; a rerun skips finished
 points, so a killed sweep loses only the point in flight. After every point the aggregate tables
 (DIR/results.csv, DIR/results.md, DIR/metrics.json) and the curves (DIR/auroc_vs_noise.png) are
-rewritten.
+rewritten from every finished point in DIR, so sweeps run one after another into one DIR (one per
+noise mode, say) share one table.
 """
 import csv
 import itertools
@@ -106,6 +107,17 @@ def aggregate(workdir, rows):
     plots.sweep_curves(list(merged.values()), os.path.join(workdir, "auroc_vs_noise.png"))
 
 
+def finished_points(workdir):
+    """Every finished point under DIR/points, also those of earlier sweeps into the same DIR
+    (e.g. one per noise mode), in a stable order."""
+    rows = []
+    for root, _, files in sorted(os.walk(os.path.join(workdir, "points"))):
+        if "result.json" in files:
+            with open(os.path.join(root, "result.json")) as f:
+                rows.append(json.load(f))
+    return sorted(rows, key=lambda r: (r["category"], r["mode"], r["ratio"], r["method"]))
+
+
 def run_sweep(config, workdir):
     os.makedirs(workdir, exist_ok=True)
     train.validate(config)
@@ -133,7 +145,7 @@ def run_sweep(config, workdir):
             logging.info("point %s: %s", path, result)
         with open(path) as f:
             rows.append(json.load(f))
-        aggregate(workdir, rows)
+        aggregate(workdir, finished_points(workdir))
     with open(os.path.join(workdir, "results.md")) as f:
         print(f.read())
     return rows
