@@ -18,7 +18,7 @@ class Embedder:
 
     def __init__(self, backbone: str, layers: Sequence[str], weights: str = "",
                  cache_dir: str = "", seed: int = 0, embed_dim: int = 1024, patch_size: int = 3,
-                 dtype: str = "float32", padim_dim: int = 0):
+                 dtype: str = "float32", padim_dim: int = 0, mesh=None):
         """`padim_dim` > 0: PaDiM features (the tapped maps on the finest grid, `padim_dim`
         channels drawn with the seed) instead of locally aware patch features."""
         self.layers = tuple(layers)
@@ -31,8 +31,15 @@ class Embedder:
                 int(c) for c in padim.select_channels(key, self._channels(), padim_dim))
         self.embed_dim = len(self.padim_channels) or embed_dim
         self.patch_size = patch_size
-        self._fn = jax.jit(functools.partial(self._embed, self.module, self.layers,
-                                             embed_dim, patch_size, self.padim_channels))
+        fn = functools.partial(self._embed, self.module, self.layers, embed_dim, patch_size,
+                               self.padim_channels)
+        self.devices = 1
+        if mesh is not None:  # data parallel: the batch split over the mesh's devices
+            from softpatch_jax import sharding
+
+            self._fn, self.devices = sharding.data_parallel(fn, mesh), mesh.devices.size
+        else:
+            self._fn = jax.jit(fn)
 
     @staticmethod
     def _embed(module, layers, embed_dim, patch_size, padim_channels, variables, images):
@@ -64,6 +71,7 @@ class Embedder:
         """Reads, preprocesses (augments where a Sample says so) and embeds Samples or image
         paths -> (N, P, E) float32."""
         h, w = self.grid(image_size)
+        batch_size = -(-batch_size // self.devices) * self.devices  # a multiple of the devices
         out = np.empty((len(samples), h * w, self.embed_dim), np.float32)
         with tqdm(total=len(samples), desc=desc, leave=False) as bar:
             for start, imgs in preprocess.batches(samples, batch_size, resize, image_size):

@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from softpatch_jax import predict, train
+from softpatch_jax import predict, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics.json, results.md and run files.")
@@ -36,6 +36,7 @@ def main(argv):
             return
         if FLAGS.config is None:
             raise app.UsageError("--config is required to fit")
+        sharding.maybe_initialize_distributed(FLAGS.config.runtime.distributed)
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, FileNotFoundError, ImportError) as e:
         # Bad input: one line naming the problem and the fix, no traceback.

@@ -43,12 +43,22 @@ def discriminator(config) -> str:
         "fused:" + m.fusion if m.method == "softpatch_plus" else "none")
 
 
+def _mesh(config):
+    """A device mesh when runtime.multi_device is on and there is more than one device."""
+    if config.runtime.get("multi_device", True) and jax.device_count() > 1:
+        from softpatch_jax import sharding
+
+        return sharding.device_mesh()
+    return None
+
+
 def make_embedder(config) -> Embedder:
     m = config.model
     is_padim = m.method == "padim"
     layers = _split(m.padim_layers if is_padim else m.layers)
     return Embedder(m.backbone, layers, m.weights, config.runtime.cache_dir, config.seed,
-                    m.embed_dim, m.patch_size, m.dtype, m.padim_dim if is_padim else 0)
+                    m.embed_dim, m.patch_size, m.dtype, m.padim_dim if is_padim else 0,
+                    mesh=_mesh(config))
 
 
 def min_train_images(config) -> int:
@@ -92,7 +102,8 @@ def score(config, arrays: Dict[str, np.ndarray], test: np.ndarray,
         m.method == "softpatch" and m.discriminator == "none")
     prefix = "cls_" if m.method == "softpatch_plus" else ""
     bank = softpatch.MemoryBank(arrays[prefix + "features"], arrays[prefix + "weights"])
-    patch = softpatch.predict(test, bank, soft, budget, m.num_nn)
+    mesh = _mesh(config)
+    patch = softpatch.predict(test, bank, soft, budget, m.num_nn, mesh)
     if m.reweight_neighbours > 0:
         image = softpatch.reweighted_image_scores(test, patch, bank, m.reweight_neighbours,
                                                   budget)
@@ -100,5 +111,5 @@ def score(config, arrays: Dict[str, np.ndarray], test: np.ndarray,
         image = patch.max(axis=1)
     if m.method == "softpatch_plus":  # maps from the segmentation bank
         seg = softpatch.MemoryBank(arrays["seg_features"], arrays["seg_weights"])
-        patch = softpatch.predict(test, seg, soft, budget, m.num_nn)
+        patch = softpatch.predict(test, seg, soft, budget, m.num_nn, mesh)
     return image, patch.reshape(t, *grid)

@@ -167,12 +167,20 @@ def fit_plus(train_features: np.ndarray, key: jax.Array, methods=("lof", "gaussi
 
 
 def predict(test_features: np.ndarray, bank: MemoryBank, soft_weight: bool = True,
-            budget_mb: float = 1024, num_nn: int = 1) -> np.ndarray:
+            budget_mb: float = 1024, num_nn: int = 1, mesh=None) -> np.ndarray:
     """(T, P, D) test features -> (T, P) patch scores: mean squared distance to the num_nn
     nearest entries (the official anomaly_score_num_nn; 1 = SoftPatch), times the nearest
-    entry's soft weight when `soft_weight`."""
+    entry's soft weight when `soft_weight`. `mesh`: shard the bank over its devices (1-NN)."""
     t, p, d = test_features.shape
-    dist, idx = knn.k_nearest(test_features.reshape(t * p, d), bank.features, num_nn, budget_mb)
+    if mesh is not None and num_nn == 1:
+        from softpatch_jax import sharding
+
+        dist, idx = sharding.sharded_nearest_neighbour(test_features.reshape(t * p, d),
+                                                       bank.features, mesh, budget_mb)
+        dist, idx = dist[:, None], idx[:, None]
+    else:
+        dist, idx = knn.k_nearest(test_features.reshape(t * p, d), bank.features, num_nn,
+                                  budget_mb)
     score = dist.mean(axis=1)
     if soft_weight:
         score = score * bank.weights[idx[:, 0]]
