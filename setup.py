@@ -35,6 +35,8 @@ setup(
         # runs the PyTorch parity tests, which skip without it.
         "test": ["pytest", "scikit-image"],
         "torch": ["torch==2.13.0"],
+        # benchmarks/ references: faiss-cpu for 1-NN (with torch and scikit-learn).
+        "bench": ["faiss-cpu"],
         # tensorflow-datasets builders (data.source=tfds); nothing else imports TensorFlow.
         "tfds": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
     },

@@ -1,0 +1,191 @@
+"""Ours against the reference implementations, stage by stage, on identical inputs.
+
+python -m benchmarks.run [--quick] [--stages lof,coreset,knn,matmul]
+
+For each stage: median time of several runs after a warm-up (the warm-up, which includes JIT
+compilation, is reported separately), peak resident memory of a fresh process running only that
+implementation, the speed ratio, and the agreement of the outputs. References: scikit-learn's
+LocalOutlierFactor per position (the official CPU path) for the discriminator; a PyTorch CPU port of
+the official weighted approximate greedy coreset; faiss-cpu IndexFlatL2 for 1-NN scoring.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SIZES = {  # quick / full problem sizes, as on MVTec transistor at 224 px (784 positions)
+    "lof": {"quick": dict(p=64, b=120, d=128), "full": dict(p=784, b=234, d=128)},
+    "coreset": {"quick": dict(n=20000, m=500, d=128), "full": dict(n=183456, m=2000, d=128)},
+    "knn": {"quick": dict(n=7840, m=4000, d=1024), "full": dict(n=78400, m=18345, d=1024)},
+}
+
+
+def timed(fn, repeats):
+    t = time.perf_counter()
+    out = fn()
+    warm = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, warm, statistics.median(times)
+
+
+def data(stage, size, seed=0):
+    rng = np.random.default_rng(seed)
+    s = SIZES[stage][size]
+    if stage == "lof":
+        return rng.normal(size=(s["p"], s["b"], s["d"])).astype(np.float32)
+    if stage == "coreset":
+        x = rng.normal(size=(s["n"], s["d"])).astype(np.float32)
+        w = (rng.random(s["n"]) > 0.15).astype(np.float32)
+        return x, w
+    return (rng.normal(size=(s["n"], s["d"])).astype(np.float32),
+            rng.normal(size=(s["m"], s["d"])).astype(np.float32))
+
+
+def run_impl(stage, impl, size, repeats):
+    """Runs one implementation in this process; returns a result dict (and saves its output)."""
+    if stage == "lof":
+        g = data(stage, size)
+        if impl == "ours":
+            import jax.numpy as jnp
+
+            from softpatch_jax import discriminators
+            gj = jnp.asarray(g)
+            fn = lambda: discriminators.group_scores(gj, "lof", 6)  # noqa: E731
+        else:
+            from sklearn.neighbors import LocalOutlierFactor
+
+            def fn():
+                return np.stack([-LocalOutlierFactor(n_neighbors=6).fit(x)
+                                 .negative_outlier_factor_ for x in g])
+    elif stage == "coreset":
+        x, w = data(stage, size)
+        m = SIZES[stage][size]["m"]
+        import jax
+
+        from softpatch_jax import coreset
+        key = jax.random.PRNGKey(0)
+        starts = coreset.start_indices(key, len(x))
+        if impl == "ours":
+            fn = lambda: coreset.greedy_coreset(x, m, key, w, block=500)  # noqa: E731
+        else:
+            from benchmarks.reference_torch import weighted_greedy_coreset
+            fn = lambda: weighted_greedy_coreset(x, w, m, starts)  # noqa: E731
+    elif stage == "knn":
+        q, bank = data(stage, size)
+        if impl == "ours":
+            from softpatch_jax import knn
+            fn = lambda: knn.nearest_neighbour(q, bank, budget_mb=1024)  # noqa: E731
+        else:
+            import faiss
+            index = faiss.IndexFlatL2(bank.shape[1])
+            index.add(bank)
+
+            def fn():
+                d, i = index.search(q, 1)
+                return d[:, 0], i[:, 0]
+    out, warm, med = timed(fn, repeats)
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out, dict(warmup_s=warm, median_s=med, peak_rss_mb=peak)
+
+
+def matmul_fraction(size):
+    """kNN distance GEMM throughput as a fraction of this machine's measured f32 matmul peak."""
+    import jax
+    import jax.numpy as jnp
+
+    from softpatch_jax.distances import pairwise_sq_dists
+    n = 2048 if size == "quick" else 4096
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y)
+    _, _, t_mm = timed(lambda: mm(a, a).block_until_ready(), 3)
+    peak = 2 * n ** 3 / t_mm
+    s = SIZES["knn"][size]
+    q = jnp.asarray(data("knn", size)[0][:8192])
+    bank = jnp.asarray(data("knn", size)[1])
+    dist = jax.jit(pairwise_sq_dists)
+    _, _, t_d = timed(lambda: dist(q, bank).block_until_ready(), 3)
+    achieved = 2 * q.shape[0] * s["m"] * s["d"] / t_d
+    return dict(peak_gflops=peak / 1e9, knn_gflops=achieved / 1e9, fraction=achieved / peak)
+
+
+def child(stage, impl, size, repeats, out_path):
+    out, stats = run_impl(stage, impl, size, repeats)
+    np.save(out_path, np.asarray(out[0] if isinstance(out, tuple) else out))
+    if isinstance(out, tuple):
+        np.save(out_path.replace(".npy", "_idx.npy"), np.asarray(out[1]))
+    print(json.dumps(stats))
+
+
+def compare(stage, ours_path, ref_path):
+    a, b = np.load(ours_path), np.load(ref_path)
+    if stage == "coreset":
+        return f"identical indices: {bool(np.array_equal(a, b))}"
+    if stage == "knn":
+        ia = np.load(ours_path.replace(".npy", "_idx.npy"))
+        ib = np.load(ref_path.replace(".npy", "_idx.npy"))
+        rel = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-6)))
+        return f"same neighbour: {float(np.mean(ia == ib)):.5f}, max rel dist diff {rel:.1e}"
+    return f"max rel score diff {float(np.max(np.abs(a - b) / np.abs(b))):.1e}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--stages", default="lof,coreset,knn,matmul")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    size = "quick" if args.quick else "full"
+    if args.child:
+        stage, impl, out_path, _ = args.child
+        child(stage, impl, size, args.repeats, out_path)
+        return
+    refs = {"lof": "sklearn LOF per position", "coreset": "PyTorch CPU (official algorithm)",
+            "knn": "faiss-cpu IndexFlatL2"}
+    print(f"{size} sizes: {json.dumps(SIZES)}\n")
+    print("| stage | ours median s | ours warm-up s | ours peak MB | reference | ref median s "
+          "| ref peak MB | speed-up | agreement |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    tmp = os.path.join("/tmp", f"softpatch_bench_{os.getpid()}")
+    os.makedirs(tmp, exist_ok=True)
+    for stage in args.stages.split(","):
+        if stage == "matmul":
+            r = matmul_fraction(size)
+            print(f"| kNN GEMM | {r['knn_gflops']:.1f} GFLOP/s | | | f32 matmul peak "
+                  f"{r['peak_gflops']:.1f} GFLOP/s | | | | {r['fraction']:.0%} of peak |",
+                  flush=True)
+            continue
+        stats = {}
+        for impl in ("ours", "ref"):
+            path = os.path.join(tmp, f"{stage}_{impl}.npy")
+            res = subprocess.run([sys.executable, "-m", "benchmarks.run", "--repeats",
+                                  str(args.repeats), "--child", stage, impl, path, "x"]
+                                 + (["--quick"] if args.quick else []),
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                stats[impl] = None
+                print(f"| {stage} | {impl} failed: {res.stderr.strip().splitlines()[-1]} |")
+                continue
+            stats[impl] = json.loads(res.stdout.strip().splitlines()[-1])
+        if not (stats.get("ours") and stats.get("ref")):
+            continue
+        o, r = stats["ours"], stats["ref"]
+        agree = compare(stage, os.path.join(tmp, f"{stage}_ours.npy"),
+                        os.path.join(tmp, f"{stage}_ref.npy"))
+        print(f"| {stage} | {o['median_s']:.3f} | {o['warmup_s']:.2f} | {o['peak_rss_mb']:.0f} | "
+              f"{refs[stage]} | {r['median_s']:.3f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['median_s'] / o['median_s']:.1f}x | {agree} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
