@@ -1,6 +1,6 @@
 """Ours against the reference implementations, stage by stage, on identical inputs.
 
-python -m benchmarks.run [--quick] [--stages lof,coreset,knn,matmul]
+python -m benchmarks.run [--quick] [--stages lof,coreset,knn,matmul,btad]
 
 For each stage: median time of several runs after a warm-up (the warm-up, which includes JIT
 compilation, is reported separately), peak resident memory of a fresh process running only that
@@ -118,6 +118,32 @@ def matmul_fraction(size):
     return dict(peak_gflops=peak / 1e9, knn_gflops=achieved / 1e9, fraction=achieved / peak)
 
 
+def btad_scale(size, budget_mb=1024):
+    """The discriminators on a BTAD-size problem (4096 positions x 1000 images x 128-d; quick:
+    1024 x 500) under the memory budget, in a fresh process: time and peak RSS next to the size
+    of the P x B x B distance tensor that is never materialised."""
+    p, b = (1024, 500) if size == "quick" else (4096, 1000)
+    code = (
+        "import time, resource, numpy as np, jax.numpy as jnp\n"
+        "from softpatch_jax import discriminators\n"
+        f"g = jnp.asarray(np.random.default_rng(0).normal(size=({p}, {b}, 128)), jnp.float32)\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "for m in ('nearest', 'gaussian', 'lof'):\n"
+        "    t = time.perf_counter()\n"
+        f"    discriminators.group_scores(g, m, 6, budget_mb={budget_mb})\n"
+        "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "    print(m, round(time.perf_counter() - t, 1), round(base), round(peak), flush=True)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    full = p * b * b * 4 / 2**20
+    for line in res.stdout.strip().splitlines():
+        m, secs, base, peak = line.split()
+        print(f"| {m} at {p} x {b} x 128 | {secs} s incl. compile | | {peak} MB peak "
+              f"({base} MB inputs) | budget {budget_mb} MB | | P x B x B would be {full:,.0f} MB "
+              f"| | |", flush=True)
+    if res.returncode != 0:
+        print(f"| btad | failed: {res.stderr.strip().splitlines()[-1]} |")
+
+
 def child(stage, impl, size, repeats, out_path):
     out, stats = run_impl(stage, impl, size, repeats)
     np.save(out_path, np.asarray(out[0] if isinstance(out, tuple) else out))
@@ -141,7 +167,7 @@ def compare(stage, ours_path, ref_path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--stages", default="lof,coreset,knn,matmul")
+    ap.add_argument("--stages", default="lof,coreset,knn,matmul,btad")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -159,6 +185,9 @@ def main():
     tmp = os.path.join("/tmp", f"softpatch_bench_{os.getpid()}")
     os.makedirs(tmp, exist_ok=True)
     for stage in args.stages.split(","):
+        if stage == "btad":
+            btad_scale(size)
+            continue
         if stage == "matmul":
             r = matmul_fraction(size)
             print(f"| kNN GEMM | {r['knn_gflops']:.1f} GFLOP/s | | | f32 matmul peak "
