@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-from ml_collections import config_flags  # noqa: F401  (configs import ml_collections)
 
 from experiments import sweep
 from softpatch_jax import train
@@ -45,8 +44,8 @@ def test_resume_skips_finished_points(mvtec_root, tmp_path, monkeypatch):
     done = sorted(p for p, _, files in os.walk(tmp_path / "points") if "result.json" in files)
     assert len(done) == 2  # the point in flight left nothing behind
     calls.clear()
-    monkeypatch.setattr(train, "evaluate_category", real)
-    monkeypatch.setattr(train, "evaluate_category", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(train, "evaluate_category",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
     rows = sweep.run_sweep(_config(mvtec_root), str(tmp_path))
     assert len(calls) == 2 and len(rows) == 4  # only the two unfinished points ran
     table = (tmp_path / "results.md").read_text()
