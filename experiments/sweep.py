@@ -122,6 +122,11 @@ def run_sweep(config, workdir):
     os.makedirs(workdir, exist_ok=True)
     train.validate(config)
     todo = points(config)
+    for category, mode, ratio, disc in todo:  # fail fast: every split is possible, before work
+        if not os.path.isfile(point_path(workdir, category, mode, ratio, disc)):
+            pc = point_config(config, mode, ratio, disc)
+            methods.check(pc)
+            train.prepare_split(pc, category)
     embedders = {}  # one per feature kind (patch features; PaDiM's), built on first use
     rows = []
     for category, mode, ratio, disc in tqdm(todo, desc="sweep points"):

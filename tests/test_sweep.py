@@ -93,3 +93,11 @@ def test_cache_key_changes_with_what_changes_features(mvtec_root):
     d = c.copy_and_resolve_references()
     d.model.discriminator, d.noise.ratio = "gaussian", 0.3  # these reuse the features
     assert config_key(d.model, d.data, d.seed) == base
+
+
+def test_impossible_point_fails_before_any_work(mvtec_root, tmp_path):
+    c = _config(mvtec_root)
+    c.sweep.ratios = "0,2.0"  # 24 anomalies needed, 8 exist
+    with pytest.raises(ValueError, match="noise.ratio=2.0 needs 24"):
+        sweep.run_sweep(c, str(tmp_path))
+    assert not (tmp_path / "points").exists()
