@@ -49,19 +49,20 @@ class Embedder:
             return padim.padim_features(ordered, np.asarray(padim_channels))
         return features.patch_features(ordered, embed_dim, patch_size)
 
-    def _channels(self) -> int:
-        """Total channels of the taps (PaDiM draws its channels from these)."""
-        out = jax.eval_shape(lambda v, x: self.module.apply(v, x), self.variables,
-                             jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
-        return sum(m.shape[-1] for m in out.values())
-
-    def grid(self, image_size: int) -> Tuple[int, int]:
-        """Patch grid (h, w) for square inputs of `image_size`."""
+    def _tap_shapes(self, image_size: int):
+        """Shapes of the tapped maps for square inputs of `image_size` (no computation)."""
         out = jax.eval_shape(lambda v, x: self.module.apply(v, x), self.variables,
                              jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
-        h = max(m.shape[1] for m in out.values())
-        w = max(m.shape[2] for m in out.values())
-        return h, w
+        return [m.shape for m in out.values()]
+
+    def _channels(self) -> int:
+        """Total channels of the taps (PaDiM draws its channels from these)."""
+        return sum(shape[-1] for shape in self._tap_shapes(64))
+
+    def grid(self, image_size: int) -> Tuple[int, int]:
+        """Patch grid (h, w) for square inputs of `image_size`: the finest tap's."""
+        shapes = self._tap_shapes(image_size)
+        return max(s[1] for s in shapes), max(s[2] for s in shapes)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self._fn(self.variables, jnp.asarray(images)))

