@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.weights = ""             # '' = packaged ImageNet weights, 'random', or a .pth path
     config.model.layers = "stage3,stage5"  # taps: stride-8 and stride-16 stage ends
     config.model.dtype = "float32"        # backbone compute dtype: float32 | bfloat16
-    config.model.method = "softpatch"     # softpatch | softpatch_plus | patchcore | padim
+    config.model.method = "softpatch"     # softpatch | softpatch_plus | patchcore | padim | fyd
     config.model.discriminator = "lof"    # softpatch: none (PatchCore) | nearest | gaussian | lof
     config.model.threshold = 0.15
     config.model.lof_k = 6
@@ -55,6 +55,32 @@ def get_config() -> ml_collections.ConfigDict:
     # PaDiM: random channels of the first three levels (EfficientNet-Lite: stride 4, 8, 16).
     config.model.padim_layers = "stage2,stage3,stage4"
     config.model.padim_dim = 100
+
+    # FYD (model.method=fyd): alignment trained on the training images, then PaDiM on the aligned
+    # maps of model.padim_layers. Choices beyond METHOD.md are ours (README, "FYD").
+    config.fyd = ml_collections.ConfigDict()
+    config.fyd.epochs = 10
+    config.fyd.batch_size = 16
+    config.fyd.optimizer = "adam"         # adam | adamw | sgd
+    config.fyd.learning_rate = 1e-3
+    config.fyd.schedule = "cosine"        # cosine | constant (both after a linear warm-up)
+    config.fyd.warmup_steps = 10
+    config.fyd.weight_decay = 1e-4        # adamw
+    config.fyd.momentum = 0.9             # sgd
+    config.fyd.align_images = True        # image-level spatial transformer
+    config.fyd.align_features = True      # a spatial transformer after each tapped stage
+    config.fyd.transform = "similarity"   # affine | similarity | rotation_scale | translation
+    config.fyd.feature_transform = "similarity"
+    config.fyd.padding = "zeros"          # image warp outside the frame: zeros | border
+    config.fyd.max_scale = 1.25           # warp bounds (the guard against degenerate warps)
+    config.fyd.max_rotation = 30.0        # degrees
+    config.fyd.max_translation = 0.2      # fraction of the image size
+    config.fyd.max_shear = 0.2            # affine: bound on the offsets from the identity
+    config.fyd.image_weight = 1.0         # weight of the pixel loss (it trains the image warp only)
+    config.fyd.pixel_factor = 4           # pixel loss on images downsampled by this (smoother)
+    config.fyd.proj_dim = 256
+    config.fyd.pred_dim = 64
+    config.fyd.checkpoint_every = 1       # epochs
 
     config.runtime = ml_collections.ConfigDict()
     config.runtime.memory_budget_mb = 1024

@@ -137,7 +137,8 @@ def run_sweep(config, workdir):
             key = config_key(pc.model, pc.data, pc.seed)
             if key not in embedders:
                 embedders[key] = methods.make_embedder(pc)
-            cache = FeatureCache(embedders[key], os.path.join(workdir, "features", key, category))
+            cache = embedders[key] if pc.model.method == "fyd" else FeatureCache(
+                embedders[key], os.path.join(workdir, "features", key, category))  # FYD: trained
             os.makedirs(os.path.dirname(path), exist_ok=True)
             overlay = os.path.join(os.path.dirname(path), "overlay.png") \
                 if config.sweep.overlays else ""

@@ -1,5 +1,5 @@
 """Fitted models on disk (orbax-checkpoint): the model's arrays (memory bank and soft weights, both
-banks of SoftPatch+, PaDiM's Gaussians), the resolved config and a reference to the backbone (name,
+banks of SoftPatch+, PaDiM's Gaussians, FYD's trained variables), the resolved config and a reference to the backbone (name,
 taps, weights file and its hash).
 
 A save writes a complete new checkpoint beside the old one (orbax itself commits atomically), then
@@ -10,6 +10,7 @@ import os
 import shutil
 from typing import Dict, Tuple
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -34,7 +35,7 @@ def save_model(path: str, arrays: Dict[str, np.ndarray], config: dict,
     ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
         ckptr.save(tmp, args=ocp.args.Composite(
-            bank=ocp.args.StandardSave({k: np.asarray(v) for k, v in arrays.items()}),
+            bank=ocp.args.StandardSave(jax.tree.map(np.asarray, arrays)),
             meta=ocp.args.JsonSave(meta)))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -63,4 +64,4 @@ def load_model(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
         if convert.file_sha256(weights) != meta["weights_sha256"]:
             raise ValueError(f"backbone weights {weights!r} changed since the model was fitted; "
                              "refit, or restore the original weights file")
-    return {k: np.asarray(v) for k, v in restored["bank"].items()}, meta
+    return jax.tree.map(np.asarray, restored["bank"]), meta

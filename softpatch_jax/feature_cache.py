@@ -22,7 +22,7 @@ def config_key(model_config, data_config, seed: int) -> str:
         weights = f"random:{seed}"
     elif weights:
         weights = convert.file_sha256(weights)
-    padim = model_config.get("method", "softpatch") == "padim"
+    padim = model_config.get("method", "softpatch") in ("padim", "fyd")
     fields = dict(backbone=model_config.backbone, weights=weights,
                   layers=model_config.padim_layers if padim else model_config.layers,
                   padim=(model_config.padim_dim, seed) if padim else None,

@@ -7,11 +7,13 @@
   a classification bank (`model.cls_threshold`) for image scores and a segmentation bank
   (`model.seg_threshold`) for maps.
 - `padim`: a Gaussian per position over `model.padim_dim` random channels of `model.padim_layers`.
+- `fyd`: PaDiM on maps aligned by spatial transformers trained on the training images (`config.fyd`,
+  see fyd.py); its trained variables travel with the fitted arrays under 'fyd'.
 
 A fitted model is a dict of arrays (what the checkpoint stores); `score` turns it and test
 features into image scores and the patch-score grids the anomaly maps come from.
 """
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -19,7 +21,7 @@ import numpy as np
 from softpatch_jax import anomaly_map, padim, softpatch
 from softpatch_jax.embedding import Embedder
 
-METHODS = ("softpatch", "softpatch_plus", "patchcore", "padim")
+METHODS = ("softpatch", "softpatch_plus", "patchcore", "padim", "fyd")
 
 
 def _split(spec: str):
@@ -34,6 +36,12 @@ def check(config) -> None:
     if m.method == "softpatch_plus":
         for d in _split(m.fusion):
             softpatch.discriminators.scorer(d, m.lof_k)
+    if m.method == "fyd":
+        from softpatch_jax import fyd_train, stn
+
+        fyd_train.check(config.fyd)
+        stn.check_family(config.fyd.transform)
+        stn.check_family(config.fyd.feature_transform)
 
 
 def discriminator(config) -> str:
@@ -52,13 +60,43 @@ def _mesh(config):
     return None
 
 
-def make_embedder(config) -> Embedder:
+def make_embedder(config, arrays=None):
+    """The feature extractor of a method: an Embedder; for FYD with trained variables in `arrays`
+    (a fitted model), the AlignedEmbedder around it."""
     m = config.model
-    is_padim = m.method == "padim"
+    is_padim = m.method in ("padim", "fyd")
     layers = _split(m.padim_layers if is_padim else m.layers)
-    return Embedder(m.backbone, layers, m.weights, config.runtime.cache_dir, config.seed,
+    base = Embedder(m.backbone, layers, m.weights, config.runtime.cache_dir, config.seed,
                     m.embed_dim, m.patch_size, m.dtype, m.padim_dim if is_padim else 0,
-                    mesh=_mesh(config))
+                    mesh=None if m.method == "fyd" else _mesh(config))
+    if m.method == "fyd" and arrays is not None:
+        return _aligned(config, base, arrays["fyd"])
+    return base
+
+
+def _aligned(config, base: Embedder, variables):
+    from softpatch_jax import fyd
+
+    return fyd.AlignedEmbedder(base, fyd.build(config.fyd, base.module, base.layers), variables)
+
+
+def train_on_images(config, samples, embedder: Embedder, directory: str, key: jax.Array):
+    """Methods that learn from the training images before features are taken (FYD) ->
+    (the embedder to use from now on, arrays to store with the fitted model); others: as given."""
+    if config.model.method != "fyd":
+        return embedder, {}
+    from softpatch_jax import fyd_train
+
+    variables = fyd_train.train(config, samples, embedder, directory, key)
+    return _aligned(config, embedder, variables), {"fyd": variables}
+
+
+def embed_test(embedder, samples, data_config, desc: str):
+    """-> (test features, per-image warps to the input frame or None)."""
+    d = data_config
+    if hasattr(embedder, "embed_with_warps"):
+        return embedder.embed_with_warps(samples, d.resize, d.image_size, d.batch_size, desc)
+    return embedder.embed(samples, d.resize, d.image_size, d.batch_size, desc), None
 
 
 def min_train_images(config) -> int:
@@ -84,18 +122,23 @@ def fit(config, train: np.ndarray, key: jax.Array, progress: bool = True) -> Dic
                 "cls_weights": fitted.classification.bank.weights,
                 "seg_features": fitted.segmentation.bank.features,
                 "seg_weights": fitted.segmentation.bank.weights}
-    gauss = padim.fit(train, budget_mb=budget, progress=progress)
+    gauss = padim.fit(train, budget_mb=budget, progress=progress)  # padim, fyd
     return {"mean": gauss.mean, "chol": gauss.chol}
 
 
-def score(config, arrays: Dict[str, np.ndarray], test: np.ndarray,
-          grid: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-    """(T, P, D) test features -> ((T,) image scores, (T, h, w) grids for the anomaly maps)."""
+def score(config, arrays: Dict[str, np.ndarray], test: np.ndarray, grid: Tuple[int, int],
+          warps: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(T, P, D) test features -> ((T,) image scores, (T, h, w) grids for the anomaly maps).
+    `warps` (T, 2, 3): FYD's aligned -> input frame maps; the grids are warped back with them."""
     m, budget = config.model, config.runtime.memory_budget_mb
     t = test.shape[0]
-    if m.method == "padim":
+    if m.method in ("padim", "fyd"):
         grids = padim.score(test, padim.Gaussians(arrays["mean"], arrays["chol"]),
                             budget).reshape(t, *grid)
+        if warps is not None:
+            from softpatch_jax import fyd
+
+            grids = fyd.unwarp_grids(grids, warps)
         maps = anomaly_map.anomaly_maps(grids, config.data.image_size, m.blur_sigma)
         return maps.max(axis=(1, 2)), grids  # PaDiM scores the smoothed map
     soft = m.soft_weight and m.method != "patchcore" and not (

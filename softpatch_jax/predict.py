@@ -39,11 +39,14 @@ def predict_images(workdir: str, paths: Sequence[str], category: str = "",
         config = ConfigDict(meta["config"])
         m, d = config.model, config.data
         key = feature_cache.config_key(m, d, config.seed)
-        if key not in embedders:  # categories fitted with one backbone share it
-            embedders[key] = methods.make_embedder(config)
-        feats = embedders[key].embed(samples, d.resize, d.image_size, d.batch_size,
-                                     f"{cat}: features")
-        scores, grids = methods.score(config, arrays, feats, tuple(meta["grid"]))
+        if m.method == "fyd":  # its trained alignment belongs to the category
+            embedder = methods.make_embedder(config, arrays)
+        else:
+            if key not in embedders:  # categories fitted with one backbone share it
+                embedders[key] = methods.make_embedder(config)
+            embedder = embedders[key]
+        feats, warps = methods.embed_test(embedder, samples, d, f"{cat}: features")
+        scores, grids = methods.score(config, arrays, feats, tuple(meta["grid"]), warps)
         target = os.path.join(workdir, "predictions", cat)
         os.makedirs(target, exist_ok=True)
         train.write_scores(os.path.join(target, "scores.csv"), samples, scores)

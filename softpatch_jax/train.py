@@ -80,21 +80,24 @@ def evaluate_category(config, category: str, embedder, workdir: str,
         raise ValueError(f"{what} training images per position, but there are "
                          f"{len(split.train)}; add training images" +
                          (" or lower model.lof_k" if need > 2 else ""))
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), zlib.crc32(category.encode()))
+    t_align = time.time()
+    embedder, learned = methods.train_on_images(config, split.train, embedder,
+                                                os.path.join(workdir, "fyd", category), key)
     t0 = time.time()
     train_feats = embedder.embed(split.train, d.resize, d.image_size, d.batch_size,
                                  f"{category}: train features")
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), zlib.crc32(category.encode()))
     t1 = time.time()
     arrays = methods.fit(config, train_feats, key)
+    arrays.update(learned)
     del train_feats
     t2 = time.time()
-    test_feats = embedder.embed(split.test, d.resize, d.image_size, d.batch_size,
-                                f"{category}: test features")
+    test_feats, warps = methods.embed_test(embedder, split.test, d, f"{category}: test features")
     h, w = embedder.grid(d.image_size)
     if save_checkpoint:
         checkpoint.save_model(checkpoint.checkpoint_dir(workdir, category), arrays,
                               config.to_dict(), (h, w))
-    image_scores, grids = methods.score(config, arrays, test_feats, (h, w))
+    image_scores, grids = methods.score(config, arrays, test_feats, (h, w), warps)
     labels = np.array([s.label for s in split.test])
     write_scores(os.path.join(workdir, f"scores_{category}.csv"), split.test, image_scores)
     result = {
@@ -123,6 +126,8 @@ def evaluate_category(config, category: str, embedder, workdir: str,
             plots.overlays(split.test, maps, masks, d.resize, d.image_size, overlay_path,
                            f"{category}: {m.method} ({methods.discriminator(config)})")
     t3 = time.time()
+    if learned:
+        result["seconds_train_alignment"] = round(t0 - t_align, 2)
     result.update(seconds_features_train=round(t1 - t0, 2), seconds_fit=round(t2 - t1, 2),
                   seconds_predict=round(t3 - t2, 2))
     return result

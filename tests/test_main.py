@@ -85,11 +85,12 @@ def test_bad_input_is_one_line(mvtec_root, tmp_path, cache_dir, args, message):
     assert last.startswith("error: ") and message in last, out.stderr[-2000:]
 
 
-@pytest.mark.parametrize("method", ["softpatch_plus", "padim", "patchcore"])
+@pytest.mark.parametrize("method", ["softpatch_plus", "padim", "patchcore", "fyd"])
 def test_other_methods_end_to_end_and_predict(mvtec_root, tmp_path, cache_dir, method):
     out = _run(["--config=configs/mvtec.py", f"--config.data.root={mvtec_root}",
                 f"--config.model.method={method}", "--config.model.lof_k=5",
-                "--config.model.reweight_neighbours=3"] + SMALL, tmp_path, cache_dir)
+                "--config.model.reweight_neighbours=3", "--config.fyd.epochs=2",
+                "--config.fyd.batch_size=4"] + SMALL, tmp_path, cache_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     widget = json.loads((tmp_path / "metrics.json").read_text())["categories"]["widget"]
     assert widget["pixel_auroc"] > 0.7, widget

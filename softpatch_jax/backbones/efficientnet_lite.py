@@ -10,10 +10,11 @@ at every size (`pad_size=-1` pads for the actual input instead, as TensorFlow do
 resolution, and whenever the sizes along the network stay even, both rules coincide.
 
 Feature taps: `stage1`..`stage7` (the output of each block group) or `blocks.N` (the output of the
-N-th MBConv block, as PyTorch's `_blocks.N`). The forward pass stops after the last tap.
+N-th MBConv block, as PyTorch's `_blocks.N`). The forward pass stops after the last tap. A
+`tap_hook` transforms each tapped map inline, so later stages see its output (FYD's feature STNs).
 """
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -173,6 +174,7 @@ class EfficientNetLite(nn.Module):
     num_classes: int = 1000
     pad_size: int = 0  # 0: the native resolution (as PyTorch); -1: the actual input size
     dtype: jnp.dtype = jnp.float32
+    tap_hook: Optional[Callable] = None  # (tap, map) -> map, applied inline at each tap (FYD)
 
     @nn.compact
     def __call__(self, images) -> Dict[str, jnp.ndarray]:
@@ -188,6 +190,8 @@ class EfficientNetLite(nn.Module):
             x = MBConv(k, s, e, cin, cout, size, dtype=self.dtype, name=f"blocks_{i}")(x)
             size = -(-size // s) if size > 0 else size
             if i in wanted:
+                if self.tap_hook is not None:
+                    x = self.tap_hook(wanted[i], x)
                 out[wanted[i]] = x.astype(jnp.float32)
         if self.taps:
             return out

@@ -6,7 +6,7 @@ Explicit paddings as torchvision (7x7 stem padded 3, 3x3 convs padded 1, max poo
 the forward pass stops after the last tap. Module names mirror torchvision's state-dict keys
 (`layer1.0.conv1` -> `layer1_0/conv1`, `downsample.0/1` -> `downsample_0/1`).
 """
-from typing import Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -80,6 +80,7 @@ class ResNet(nn.Module):
     taps: Sequence[str] = ()
     num_classes: int = 1000
     dtype: jnp.dtype = jnp.float32
+    tap_hook: Optional[Callable] = None  # (tap, map) -> map, applied inline at each tap (FYD)
 
     @nn.compact
     def __call__(self, images) -> Dict[str, jnp.ndarray]:
@@ -103,6 +104,8 @@ class ResNet(nn.Module):
                                    name=f"layer{li + 1}_{bi}")(x)
                 inplanes = planes * expansion
             if TAPS[li] in self.taps:
+                if self.tap_hook is not None:
+                    x = self.tap_hook(TAPS[li], x)
                 out[TAPS[li]] = x.astype(jnp.float32)
         if self.taps:
             return out

@@ -1,0 +1,152 @@
+"""Trains FYD's alignment (spatial transformers and heads) on one category's training images.
+
+optax optimiser and schedule from `config.fyd`; one jitted step; the heads' BatchNorm statistics
+carried in the state (training mode in the step, the backbone's stay frozen); an orbax checkpoint
+after every `fyd.checkpoint_every` epochs, and a rerun resumes from the latest one when it was
+written for the same config and the same training images (else it starts over).
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Dict, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from softpatch_jax import fyd
+from softpatch_jax.data import preprocess
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+def check(f) -> None:
+    """One-line errors for impossible `config.fyd` settings."""
+    if f.optimizer not in OPTIMIZERS:
+        raise ValueError(f"fyd.optimizer={f.optimizer!r} is unknown; choose one of "
+                         f"{', '.join(OPTIMIZERS)}")
+    if f.schedule not in SCHEDULES:
+        raise ValueError(f"fyd.schedule={f.schedule!r} is unknown; choose one of "
+                         f"{', '.join(SCHEDULES)}")
+    if f.batch_size < 2:
+        raise ValueError(f"fyd.batch_size={f.batch_size} must be >= 2: the losses compare "
+                         "images of one batch")
+    if f.epochs < 0 or f.learning_rate <= 0:
+        raise ValueError(f"fyd.epochs={f.epochs} must be >= 0 and fyd.learning_rate="
+                         f"{f.learning_rate} > 0")
+
+
+def optimizer(f, total_steps: int) -> optax.GradientTransformation:
+    warmup = min(int(f.warmup_steps), max(total_steps - 1, 0))
+    if f.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, warmup,
+                                                max(total_steps, warmup + 1))
+    else:
+        lr = optax.join_schedules([optax.linear_schedule(0.0, f.learning_rate, warmup),
+                                   optax.constant_schedule(f.learning_rate)], [warmup])
+    if f.optimizer == "sgd":
+        return optax.sgd(lr, momentum=f.momentum)
+    if f.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=f.weight_decay)
+    return optax.adam(lr)
+
+
+def _fingerprint(config, names: Sequence[str]) -> str:
+    fields = dict(fyd=config.fyd.to_dict(), backbone=config.model.backbone,
+                  weights=config.model.weights, taps=config.model.padim_layers,
+                  dtype=config.model.dtype, resize=config.data.resize,
+                  image_size=config.data.image_size, seed=config.seed, images=list(names))
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _load_images(samples, resize: int, image_size: int, batch_size: int) -> np.ndarray:
+    out = np.empty((len(samples), image_size, image_size, 3), np.float32)
+    for start, imgs in preprocess.batches(samples, batch_size, resize, image_size):
+        out[start:start + len(imgs)] = imgs
+    return out
+
+
+def train(config, samples: Sequence, embedder, directory: str, key: jax.Array,
+          progress: bool = True) -> Dict:
+    """Trains on `samples` (the category's training images) with the backbone of `embedder`
+    (an `embedding.Embedder`). -> FYD variables {'params', 'batch_stats'}; checkpoints and a
+    loss log (`log.json`: per-epoch mean losses, seconds) in `directory`."""
+    f, d = config.fyd, config.data
+    check(f)
+    model = fyd.build(f, embedder.module, embedder.layers)
+    images = _load_images(samples, d.resize, d.image_size, d.batch_size)
+    n = len(images)
+    bs = min(f.batch_size, n)
+    if bs < 2:
+        raise ValueError(f"FYD needs at least 2 training images, got {n}")
+    steps_per_epoch = n // bs
+    tx = optimizer(f, steps_per_epoch * f.epochs)
+    init_key, data_key = jax.random.split(key)
+    variables = fyd.init(model, init_key, embedder.variables, d.image_size)
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+             "opt_state": tx.init(variables["params"]), "epoch": jnp.zeros((), jnp.int32)}
+
+    fingerprint = _fingerprint(config, [s.name + str(s.augment) for s in samples])
+    directory = os.path.abspath(directory)
+    stamp = os.path.join(directory, "fingerprint.txt")
+    if os.path.isdir(directory) and (not os.path.isfile(stamp) or
+                                     open(stamp).read().strip() != fingerprint):
+        logging.warning("FYD checkpoints in %s are for another config or split; starting over",
+                        directory)
+        shutil.rmtree(directory)
+    os.makedirs(directory, exist_ok=True)
+    with open(stamp, "w") as fh:
+        fh.write(fingerprint)
+    log_path = os.path.join(directory, "log.json")
+    log = json.load(open(log_path)) if os.path.isfile(log_path) else []
+    mngr = ocp.CheckpointManager(os.path.join(directory, "checkpoints"),
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    if mngr.latest_step() is not None:
+        state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+        logging.info("FYD: resumed from epoch %d", int(state["epoch"]))
+    log = [e for e in log if e["epoch"] <= int(state["epoch"])]  # epochs the state has seen
+
+    def step(state, bb_vars, batch):
+        grad_fn = jax.value_and_grad(fyd.losses, argnums=1, has_aux=True)
+        (_, (metrics, stats)), grads = grad_fn(model, state["params"], state["batch_stats"],
+                                               bb_vars, batch, f.image_weight,
+                                               f.pixel_factor)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return dict(state, params=params, opt_state=opt_state, batch_stats=stats), metrics
+
+    step = jax.jit(step, donate_argnums=0)
+    start = int(state["epoch"])
+    with tqdm(total=f.epochs, initial=start, desc="fyd epochs", disable=not progress,
+              leave=False) as bar:
+        for epoch in range(start, f.epochs):
+            perm = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), n))
+            sums = {}
+            t0 = time.time()
+            for s in range(steps_per_epoch):
+                batch = jnp.asarray(images[perm[s * bs:(s + 1) * bs]])
+                state, metrics = step(state, embedder.variables, batch)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            state["epoch"] = jnp.asarray(epoch + 1, jnp.int32)
+            entry = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2),
+                     **{k: v / steps_per_epoch for k, v in sums.items()}}
+            log.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", pixel=f"{entry['pixel']:.4f}",
+                            fine=f"{entry['fine']:.4f}")
+            bar.update(1)
+            if (epoch + 1) % f.checkpoint_every == 0 or epoch + 1 == f.epochs:
+                mngr.save(epoch + 1, args=ocp.args.StandardSave(state))
+                mngr.wait_until_finished()
+                with open(log_path + ".tmp", "w") as fh:
+                    json.dump(log, fh, indent=1)
+                os.replace(log_path + ".tmp", log_path)
+    mngr.close()
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
