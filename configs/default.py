@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
     # FYD (model.method=fyd): alignment trained on the training images, then PaDiM on the aligned
     # maps of model.padim_layers. Choices beyond METHOD.md are ours (README, "FYD").
     config.fyd = ml_collections.ConfigDict()
-    config.fyd.epochs = 10
+    config.fyd.epochs = 6
     config.fyd.batch_size = 16
     config.fyd.optimizer = "adam"         # adam | adamw | sgd
     config.fyd.learning_rate = 1e-3
@@ -78,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.fyd.max_shear = 0.2            # affine: bound on the offsets from the identity
     config.fyd.image_weight = 1.0         # weight of the pixel loss (it trains the image warp only)
     config.fyd.pixel_factor = 4           # pixel loss on images downsampled by this (smoother)
+    config.fyd.centre_weight = 10.0       # holds each warp's batch mean at the identity
     config.fyd.proj_dim = 256
     config.fyd.pred_dim = 64
     config.fyd.checkpoint_every = 1       # epochs

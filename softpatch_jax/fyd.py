@@ -71,7 +71,7 @@ def build(fyd_config, backbone: nn.Module, taps: Sequence[str]) -> FYD:
                          "[1/max_scale, max_scale])")
     return FYD(backbone, tuple(taps),
                stn.SpatialTransformer(f.transform, sampler_pad, 64, **bounds),
-               stn.SpatialTransformer(f.feature_transform, "zeros", 16, **bounds),
+               stn.SpatialTransformer(f.feature_transform, "border", 16, **bounds),
                Heads(f.proj_dim, f.pred_dim), f.align_images, f.align_features)
 
 
@@ -100,29 +100,40 @@ def init(model: FYD, key: jax.Array, backbone_vars, image_size: int) -> Dict:
     return _init(rbg)
 
 
+def _validity(shape, theta):
+    """(B, h, w, 1) share of each warped pixel that was sampled inside the source. A constant for
+    the gradient: the losses weigh locations by it but cannot learn by moving it."""
+    return jax.lax.stop_gradient(
+        sampler.warp(jnp.ones(shape[:3] + (1,), jnp.float32), theta, "zeros"))
+
+
 def align(model: FYD, params, backbone_vars, images):
     """images (B, H, W, 3) -> (aligned tapped maps {tap: (B, h, w, C)}, warps {name: (B, 2, 3)},
-    the image-aligned images and their validity mask (B, H, W, 1))."""
+    validity masks {name: (B, h, w, 1)} of the image ('image') and of each tap's warp, the
+    image-aligned images)."""
     b = images.shape[0]
     warps = {"image": sampler.identity(b)}
-    aligned, valid = images, jnp.ones(images.shape[:3] + (1,), images.dtype)
+    aligned = images
+    valid = {"image": jnp.ones(images.shape[:3] + (1,), jnp.float32)}
     if model.align_images:
         aligned, theta = model.image_stn.apply({"params": params["image_stn"]}, images)
-        valid = sampler.warp(valid, theta, "zeros")
-        warps["image"] = theta
+        valid["image"], warps["image"] = _validity(images.shape, theta), theta
 
     def hook(name, x):
-        if not model.align_features or name not in model.taps:
+        if name not in model.taps:
+            return x
+        if not model.align_features:
+            valid[name] = jnp.ones(x.shape[:3] + (1,), jnp.float32)
             return x
         out, theta = model.feature_stn.apply({"params": params["feature_stn"][name]},
                                              x.astype(jnp.float32))
-        warps[name] = theta
+        warps[name], valid[name] = theta, _validity(x.shape, theta)
         return out.astype(x.dtype)
 
     # The image warp learns from the pixel loss only.
     maps = model.backbone.clone(tap_hook=hook).apply(backbone_vars,
                                                      jax.lax.stop_gradient(aligned))
-    return maps, warps, aligned, valid
+    return maps, warps, valid, aligned
 
 
 def pixel_loss(images: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
@@ -137,13 +148,24 @@ def pixel_loss(images: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
     return num.sum() / jnp.maximum(den.sum(), 1e-6)
 
 
-def pairwise_negative_cosine(p: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
-    """-mean over locations and ordered pairs i != j of cos(p_i, stopgrad(z_j)); p, z (B, P, D)."""
-    b = p.shape[0]
+def pairwise_negative_cosine(p: jnp.ndarray, z: jnp.ndarray, valid=None) -> jnp.ndarray:
+    """-mean over locations and ordered pairs i != j of cos(p_i, stopgrad(z_j)); p, z (B, P, D).
+    `valid` (B, P): pair weights m_i m_j (locations a warp filled from outside count less), so
+    that warping content out of the frame cannot make images agree. O(B) via pair sums."""
+    m = jnp.ones(p.shape[:2], p.dtype) if valid is None else jax.lax.stop_gradient(valid)
     pn = p / jnp.maximum(jnp.linalg.norm(p, axis=-1, keepdims=True), 1e-8)
     zn = jax.lax.stop_gradient(z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8))
-    total = jnp.sum(pn.sum(0) * zn.sum(0)) - jnp.sum(pn * zn)  # all pairs minus i == j
-    return -total / (b * (b - 1) * p.shape[1])
+    mp, mz = pn * m[..., None], zn * m[..., None]
+    total = jnp.sum(mp.sum(0) * mz.sum(0)) - jnp.sum(mp * mz)  # all pairs minus i == j
+    pairs = jnp.sum(m.sum(0) ** 2) - jnp.sum(m * m)
+    return -total / jnp.maximum(pairs, 1e-6)
+
+
+def centring_penalty(theta: jnp.ndarray) -> jnp.ndarray:
+    """Squared distance of the batch's mean warp (B, 2, 3) from the identity. Only the warps
+    relative to one another align anything; a drift shared by all images (everything zoomed out,
+    shifted or turned at once) only moves content off the frame, so it is held at zero (ours)."""
+    return jnp.sum((theta.mean(0) - sampler.identity(1)[0]) ** 2)
 
 
 def smooth(images: jnp.ndarray, factor: int) -> jnp.ndarray:
@@ -155,12 +177,13 @@ def smooth(images: jnp.ndarray, factor: int) -> jnp.ndarray:
 
 
 def losses(model: FYD, params, batch_stats, backbone_vars, images, image_weight: float = 1.0,
-           pixel_factor: int = 4):
+           pixel_factor: int = 4, centre_weight: float = 10.0):
     """Training losses of one batch (B >= 2) -> (total, (metrics, new batch_stats)).
     The pixel loss compares the warped images downsampled by `pixel_factor` (antialiased): a
-    smoother objective whose gradients reach farther than sharp edges' (ours)."""
-    maps, _, aligned, valid = align(model, params, backbone_vars, images)
-    img = pixel_loss(smooth(aligned, pixel_factor), smooth(valid, pixel_factor)) \
+    smoother objective whose gradients reach farther than sharp edges' (ours). Each warp's mean
+    over the batch is held at the identity by `centre_weight` x `centring_penalty`."""
+    maps, warps, valid, aligned = align(model, params, backbone_vars, images)
+    img = pixel_loss(smooth(aligned, pixel_factor), smooth(valid["image"], pixel_factor)) \
         if model.align_images else jnp.zeros(())
     fine, new_stats = [], {}
     for tap in model.taps:
@@ -170,10 +193,14 @@ def losses(model: FYD, params, batch_stats, backbone_vars, images, image_weight:
             {"params": params["heads"][tap], "batch_stats": batch_stats["heads"][tap]}, x,
             train=True, mutable=["batch_stats"])
         new_stats[tap] = upd["batch_stats"]
-        fine.append(pairwise_negative_cosine(p, z))
+        fine.append(pairwise_negative_cosine(p, z, valid[tap].reshape(x.shape[0], -1)))
     fine = jnp.mean(jnp.stack(fine))
-    total = image_weight * img + fine
-    return total, ({"loss": total, "pixel": img, "fine": fine}, {"heads": new_stats})
+    centre = sum(centring_penalty(t) for name, t in warps.items()
+                 if (name == "image" and model.align_images) or
+                 (name != "image" and model.align_features))
+    total = image_weight * img + fine + centre_weight * centre
+    return total, ({"loss": total, "pixel": img, "fine": fine, "centre": centre},
+                   {"heads": new_stats})
 
 
 class AlignedEmbedder:

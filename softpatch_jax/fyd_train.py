@@ -117,7 +117,7 @@ def train(config, samples: Sequence, embedder, directory: str, key: jax.Array,
         grad_fn = jax.value_and_grad(fyd.losses, argnums=1, has_aux=True)
         (_, (metrics, stats)), grads = grad_fn(model, state["params"], state["batch_stats"],
                                                bb_vars, batch, f.image_weight,
-                                               f.pixel_factor)
+                                               f.pixel_factor, f.centre_weight)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return dict(state, params=params, opt_state=opt_state, batch_stats=stats), metrics

@@ -111,7 +111,7 @@ def test_pixel_loss_is_the_masked_pairwise_mean():
                                rtol=1e-5)
 
 
-def test_negative_cosine_over_pairs_and_stop_gradient():
+def test_negative_cosine_over_pairs_masks_and_stop_gradient():
     rng = np.random.default_rng(1)
     p = rng.normal(size=(4, 6, 5)).astype(np.float32)
     z = rng.normal(size=(4, 6, 5)).astype(np.float32)
@@ -122,6 +122,22 @@ def test_negative_cosine_over_pairs_and_stop_gradient():
                                want, rtol=1e-5)
     gz = jax.grad(lambda zz: fyd.pairwise_negative_cosine(jnp.asarray(p), zz))(jnp.asarray(z))
     assert np.all(np.asarray(gz) == 0.0)  # no gradient through the target branch
+    m = rng.uniform(size=(4, 6)).astype(np.float32)  # validity weights m_i m_j per location
+    num = sum((m[i] * m[j] * (pn[i] * zn[j]).sum(-1)).sum() for i in range(4) for j in range(4)
+              if i != j)
+    den = sum((m[i] * m[j]).sum() for i in range(4) for j in range(4) if i != j)
+    np.testing.assert_allclose(
+        fyd.pairwise_negative_cosine(jnp.asarray(p), jnp.asarray(z), jnp.asarray(m)),
+        -num / den, rtol=1e-5)
+
+
+def test_centring_penalty_ignores_relative_warps():
+    eye = sampler.identity(2)
+    shift = jnp.array([[[0.0, 0.0, 0.1], [0.0, 0.0, 0.0]]])
+    np.testing.assert_allclose(fyd.centring_penalty(eye + jnp.concatenate([shift, -shift])), 0.0,
+                               atol=1e-7)  # opposite warps: no common drift
+    np.testing.assert_allclose(fyd.centring_penalty(eye + jnp.concatenate([shift, shift])), 0.01,
+                               rtol=1e-5)
 
 
 def test_heads_batchnorm_train_and_inference():
@@ -179,9 +195,9 @@ def test_training_aligns_shifted_and_rotated_objects(tmp_path, cache_dir):
     assert log[-1]["pixel"] < 0.5 * log[0]["pixel"], log
     images = jnp.asarray(fyd_train._load_images(samples, 64, 64, 8))
     model = fyd.build(c.fyd, emb.module, emb.layers)
-    _, warps, aligned, valid = fyd.align(model, variables["params"], emb.variables, images)
+    _, warps, valid, aligned = fyd.align(model, variables["params"], emb.variables, images)
     before = float(fyd.pixel_loss(images, jnp.ones(images.shape[:3] + (1,))))
-    after = float(fyd.pixel_loss(aligned, valid))
+    after = float(fyd.pixel_loss(aligned, valid["image"]))
     # The figure: mean squared difference between aligned pairs, before -> after training.
     print(f"pixel spread {before:.3f} -> {after:.3f}")
     assert after < 0.25 * before
