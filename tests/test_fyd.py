@@ -241,3 +241,12 @@ def test_bad_fyd_config_is_one_line():
     c.fyd.batch_size = 1
     with pytest.raises(ValueError, match="fyd.batch_size=1 must be >= 2"):
         methods.check(c)
+
+
+def test_unwarp_puts_aligned_scores_back_in_the_input_frame():
+    grid = np.zeros((1, 8, 8), np.float32)
+    grid[0, 2, 3] = 1.0  # a hot spot at aligned (row 2, col 3)
+    warp = np.array([[[1.0, 0.0, 0.5], [0.0, 1.0, -0.25]]], np.float32)  # aligned u -> input u + t
+    out = fyd.unwarp_grids(grid, warp)  # t = (+2, -1) pixels at 8 px
+    assert np.unravel_index(np.argmax(out[0]), (8, 8)) == (1, 5)
+    np.testing.assert_allclose(out[0, 1, 5], 1.0, atol=1e-6)
