@@ -1,6 +1,6 @@
 """Fitted models on disk (orbax-checkpoint): the model's arrays (memory bank and soft weights, both
-banks of SoftPatch+, PaDiM's Gaussians, FYD's trained variables), the resolved config and a reference to the backbone (name,
-taps, weights file and its hash).
+banks of SoftPatch+, PaDiM's Gaussians, FYD's trained variables), the resolved config and a
+reference to the backbone (name, taps, weights file and its hash).
 
 A save writes a complete new checkpoint beside the old one (orbax itself commits atomically), then
 swaps folders by renames; `load_model` falls back on the previous one if a save died mid-swap.

@@ -75,11 +75,8 @@ class Embedder:
         batch_size = -(-batch_size // self.devices) * self.devices  # a multiple of the devices
         out = np.empty((len(samples), h * w, self.embed_dim), np.float32)
         with tqdm(total=len(samples), desc=desc, leave=False) as bar:
-            for start, imgs in preprocess.batches(samples, batch_size, resize, image_size):
-                n = imgs.shape[0]
-                if n < batch_size:  # one compiled shape
-                    imgs = np.concatenate([imgs, np.zeros((batch_size - n,) + imgs.shape[1:],
-                                                          imgs.dtype)])
+            for start, n, imgs in preprocess.padded_batches(samples, batch_size, resize,
+                                                            image_size):
                 out[start:start + n] = self(imgs)[:n]
                 bar.update(n)
         return out

@@ -233,11 +233,8 @@ class AlignedEmbedder:
         out = np.empty((len(samples), h * w, self.embed_dim), np.float32)
         warps = np.empty((len(samples), 2, 3), np.float32)
         with tqdm(total=len(samples), desc=desc, leave=False) as bar:
-            for start, imgs in preprocess.batches(samples, batch_size, resize, image_size):
-                n = imgs.shape[0]
-                if n < batch_size:  # one compiled shape
-                    imgs = np.concatenate([imgs, np.zeros((batch_size - n,) + imgs.shape[1:],
-                                                          imgs.dtype)])
+            for start, n, imgs in preprocess.padded_batches(samples, batch_size, resize,
+                                                            image_size):
                 f, wp = self._fn(self.params, self.base.variables, jnp.asarray(imgs))
                 out[start:start + n], warps[start:start + n] = np.asarray(f)[:n], \
                     np.asarray(wp)[:n]

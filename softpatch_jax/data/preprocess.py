@@ -110,3 +110,14 @@ def batches(samples: Sequence, batch_size: int, resize: int, crop: int,
                 yield s0, np.stack([f.result() for f in futs])
         for s0, futs in pending:
             yield s0, np.stack([f.result() for f in futs])
+
+
+def padded_batches(samples: Sequence, batch_size: int, resize: int,
+                   crop: int) -> Iterator[Tuple[int, int, np.ndarray]]:
+    """As `batches`, but every batch is padded with zero images to `batch_size` (one compiled
+    shape for jitted consumers): yields (start, n real images, (batch_size, crop, crop, 3))."""
+    for start, imgs in batches(samples, batch_size, resize, crop):
+        n = imgs.shape[0]
+        if n < batch_size:
+            imgs = np.concatenate([imgs, np.zeros((batch_size - n,) + imgs.shape[1:], imgs.dtype)])
+        yield start, n, imgs
