@@ -202,7 +202,10 @@ def compare(stage, ours_path, ref_path):
         ib = np.load(ref_path.replace(".npy", "_idx.npy"))
         rel = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-6)))
         return f"same neighbour: {float(np.mean(ia == ib)):.5f}, max rel dist diff {rel:.1e}"
-    return f"max rel score diff {float(np.max(np.abs(a - b) / np.abs(b))):.1e}"
+    rel = np.abs(a - b) / np.abs(b)
+    # Near-ties of the k-th and (k+1)-th neighbour flip the neighbour set at float32 precision.
+    return (f"median rel score diff {float(np.median(rel)):.1e}, max {float(rel.max()):.1e} "
+            f"({int((rel > 1e-4).sum())} of {rel.size} > 1e-4)")
 
 
 def main():
