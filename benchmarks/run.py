@@ -196,7 +196,11 @@ def child(stage, impl, size, repeats, out_path):
 def compare(stage, ours_path, ref_path):
     a, b = np.load(ours_path), np.load(ref_path)
     if stage == "coreset":
-        return f"identical indices: {bool(np.array_equal(a, b))}"
+        if np.array_equal(a, b):
+            return "identical indices"
+        # Two candidates tied at float32 precision can be picked in swapped order.
+        return (f"same index set: {bool(np.array_equal(np.sort(a), np.sort(b)))}, order differs at "
+                f"{int((a != b).sum())} of {a.size} picks")
     if stage == "knn":
         ia = np.load(ours_path.replace(".npy", "_idx.npy"))
         ib = np.load(ref_path.replace(".npy", "_idx.npy"))
