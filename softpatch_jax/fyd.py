@@ -58,19 +58,12 @@ class FYD:
 
 
 def build(fyd_config, backbone: nn.Module, taps: Sequence[str]) -> FYD:
+    """The FYD modules of a `config.fyd` (validated by `fyd_train.check`)."""
     f = fyd_config
-    stn.check_family(f.transform)
-    sampler_pad = f.padding
-    if sampler_pad not in sampler.PADDINGS:
-        raise ValueError(f"fyd.padding={sampler_pad!r} is unknown; choose one of "
-                         f"{', '.join(sampler.PADDINGS)}")
     bounds = dict(max_scale=f.max_scale, max_rotation=f.max_rotation,
                   max_translation=f.max_translation, max_shear=f.max_shear)
-    if f.max_scale < 1.0:
-        raise ValueError(f"fyd.max_scale={f.max_scale} must be >= 1 (scales lie in "
-                         "[1/max_scale, max_scale])")
     return FYD(backbone, tuple(taps),
-               stn.SpatialTransformer(f.transform, sampler_pad, 64, **bounds),
+               stn.SpatialTransformer(f.transform, f.padding, 64, **bounds),
                stn.SpatialTransformer(f.feature_transform, "border", 16, **bounds),
                Heads(f.proj_dim, f.pred_dim), f.align_images, f.align_features)
 

@@ -20,7 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from softpatch_jax import fyd
+from softpatch_jax import fyd, sampler, stn
 from softpatch_jax.data import preprocess
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -28,7 +28,15 @@ SCHEDULES = ("cosine", "constant")
 
 
 def check(f) -> None:
-    """One-line errors for impossible `config.fyd` settings."""
+    """One-line errors for impossible `config.fyd` settings (the one place they are checked)."""
+    stn.check_family(f.transform)
+    stn.check_family(f.feature_transform)
+    if f.padding not in sampler.PADDINGS:
+        raise ValueError(f"fyd.padding={f.padding!r} is unknown; choose one of "
+                         f"{', '.join(sampler.PADDINGS)}")
+    if f.max_scale < 1.0:
+        raise ValueError(f"fyd.max_scale={f.max_scale} must be >= 1 (scales lie in "
+                         "[1/max_scale, max_scale])")
     if f.optimizer not in OPTIMIZERS:
         raise ValueError(f"fyd.optimizer={f.optimizer!r} is unknown; choose one of "
                          f"{', '.join(OPTIMIZERS)}")

@@ -37,11 +37,9 @@ def check(config) -> None:
         for d in _split(m.fusion):
             softpatch.discriminators.scorer(d, m.lof_k)
     if m.method == "fyd":
-        from softpatch_jax import fyd_train, stn
+        from softpatch_jax import fyd_train
 
         fyd_train.check(config.fyd)
-        stn.check_family(config.fyd.transform)
-        stn.check_family(config.fyd.feature_transform)
 
 
 def discriminator(config) -> str:
