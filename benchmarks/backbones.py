@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softpatch_jax.backbones import build_backbone
+from softpatch_jax.features.backbones import build_backbone
 
 TAPS = {"efficientnet_lite0": ("stage3", "stage5"), "efficientnet_lite1": ("stage3", "stage5"),
         "efficientnet_lite2": ("stage3", "stage5"), "resnet18": ("layer2", "layer3"),
@@ -31,13 +31,14 @@ def _time(fn, repeats):
 def torch_model(name):
     import torch
 
-    from softpatch_jax.backbones import packaged_weights, torch_reference
+    from softpatch_jax.features.backbones import packaged_weights
+    from tests.torch_reference import backbones as torch_reference
 
     if name.startswith("efficientnet"):
         model = torch_reference.efficientnet_lite(name, packaged_weights(name))
         hooks = torch_reference.efficientnet_tap_hooks(model, name, TAPS[name])
         last = max(int(t[-1]) for t in TAPS[name])  # stop after the last tap, as ours does
-        from softpatch_jax.backbones.efficientnet_lite import tap_block_index
+        from softpatch_jax.features.backbones.efficientnet_lite import tap_block_index
         stop = tap_block_index(name, f"stage{last}")
 
         def run(x):

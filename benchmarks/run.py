@@ -60,7 +60,7 @@ def run_impl(stage, impl, size, repeats):
         if impl == "ours":
             import jax.numpy as jnp
 
-            from softpatch_jax import discriminators
+            from softpatch_jax.ops import discriminators
             gj = jnp.asarray(g)
             fn = lambda: discriminators.group_scores(gj, "lof", 6)  # noqa: E731
         else:
@@ -74,7 +74,7 @@ def run_impl(stage, impl, size, repeats):
         m = SIZES[stage][size]["m"]
         import jax
 
-        from softpatch_jax import coreset
+        from softpatch_jax.ops import coreset
         key = jax.random.PRNGKey(0)
         starts = coreset.start_indices(key, len(x))
         if impl == "ours":
@@ -85,7 +85,7 @@ def run_impl(stage, impl, size, repeats):
     elif stage == "knn":
         q, bank = data(stage, size)
         if impl == "ours":
-            from softpatch_jax import knn
+            from softpatch_jax.ops import knn
             fn = lambda: knn.nearest_neighbour(q, bank, budget_mb=1024)  # noqa: E731
         else:
             import faiss
@@ -106,7 +106,7 @@ def matmul_fraction(size):
     import jax
     import jax.numpy as jnp
 
-    from softpatch_jax.distances import pairwise_sq_dists
+    from softpatch_jax.ops.distances import pairwise_sq_dists
     n = 2048 if size == "quick" else 4096
     a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
     mm = jax.jit(lambda x, y: x @ y)

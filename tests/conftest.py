@@ -20,3 +20,14 @@ def mvtec_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("weights_cache"))
+
+
+def load_config(name: str):
+    """A config file of configs/ (e.g. 'default.py', 'sweeps/noise.py') -> its get_config()."""
+    import importlib.util
+
+    path = os.path.join(REPO, "configs", name)
+    spec = importlib.util.spec_from_file_location(f"cfg_{name.replace('/', '_')[:-3]}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()

@@ -8,6 +8,7 @@ from typing import List
 
 from softpatch_jax.data import elpv, mvtec
 from softpatch_jax.data.samples import Category, Sample
+from softpatch_jax.settings import comma_list
 
 DATASETS = ("mvtec", "visa", "btad", "elpv", "folder")
 
@@ -44,7 +45,7 @@ def category_names(name: str, root: str, spec: str, source: str = "folder") -> L
         if not known:
             raise ValueError(f"no categories of dataset {name} found under data.root={root!r}")
         return known
-    wanted = [c.strip() for c in spec.split(",") if c.strip()]
+    wanted = comma_list(spec)
     unknown = [c for c in wanted if c not in known]
     if unknown or not wanted:
         raise ValueError(f"unknown category {', '.join(unknown) or repr(spec)} for dataset "

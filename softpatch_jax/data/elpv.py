@@ -61,4 +61,4 @@ def load_category(root: str, name: str, seed: int, train_fraction: float = 0.5) 
 
     train = [sample(normal[i], 0) for i in train_idx]
     test = [sample(normal[i], 0) for i in test_idx] + [sample(p, 1) for p in anomalous]
-    return Category(name, train, test, has_masks=False)
+    return Category(name, train, test)

@@ -14,7 +14,6 @@ import csv
 import os
 from typing import List, Optional
 
-import numpy as np
 
 from softpatch_jax.data.samples import Category, Sample
 
@@ -68,7 +67,7 @@ def load_category(root: str, name: str, good: str = "good") -> Category:
              for f in images_in(train_dir)]
     if not train:
         raise ValueError(f"category {name!r} has no training images in {train_dir!r}")
-    test, has_masks = [], False
+    test = []
     for defect in sorted(os.listdir(test_dir)):
         folder = os.path.join(test_dir, defect)
         if not os.path.isdir(folder):
@@ -82,12 +81,11 @@ def load_category(root: str, name: str, good: str = "good") -> Category:
                     raise FileNotFoundError(
                         f"the mask of test image test/{defect}/{f} is missing: expected "
                         f"ground_truth/{defect}/{stem}_mask.png (or {stem}.png) in {base!r}")
-                has_masks = True
             test.append(Sample(os.path.join(folder, f), int(defect != good),
                                "good" if defect == good else defect, f"test/{defect}/{f}", mask))
     if not test:
         raise ValueError(f"category {name!r} has no test images in {test_dir!r}")
-    return Category(name, train, test, has_masks)
+    return Category(name, train, test)
 
 
 def load_visa_raw(root: str, name: str) -> Category:
@@ -119,7 +117,7 @@ def load_visa_raw(root: str, name: str) -> Category:
         raise ValueError(f"no training images of VisA category {name!r} in {split_csv!r}")
     train.sort(key=lambda s: s.name)  # name order, as every other reader
     test.sort(key=lambda s: s.name)
-    return Category(name, train, test, has_masks=any(s.mask_path for s in test))
+    return Category(name, train, test)
 
 
 def load_own_folder(root: str, name: str, seed: int, train_fraction: float) -> Category:
@@ -156,11 +154,4 @@ def load_own_folder(root: str, name: str, seed: int, train_fraction: float) -> C
                     mask = find_mask(os.path.join(mask_root, rel), os.path.splitext(f)[0])
                 test.append(Sample(os.path.join(folder, f), 1, defect,
                                    "/".join(p for p in ("defective", rel, f) if p), mask))
-    return Category(name, train, test, has_masks=any(s.mask_path for s in test))
-
-
-def split_counts(category: Category) -> dict:
-    """Counts a reader's output: train, test, anomalous test, masks."""
-    labels = np.array([s.label for s in category.test])
-    return {"train": len(category.train), "test": len(category.test),
-            "anomalous": int(labels.sum()), "masks": sum(bool(s.mask_path) for s in category.test)}
+    return Category(name, train, test)

@@ -26,7 +26,6 @@ class Category:
     name: str
     train: List[Sample]       # clean (normal) training images
     test: List[Sample]        # normal and anomalous test images
-    has_masks: bool           # pixel-level ground truth exists
 
     @property
     def anomalous_test(self) -> List[Sample]:

@@ -130,6 +130,5 @@ def load_category(dataset: str, category: str, data_dir: str) -> Category:
                                image_bytes=bytes(ex["image"]),
                                mask_bytes=bytes(ex["mask"]) if ex["has_mask"] else None))
         splits[split] = sorted(rows, key=lambda s: s.name)  # the folder readers' order
-    return Category(category, splits["train"], splits["test"],
-                    has_masks=any(s.has_mask for s in splits["test"]))
+    return Category(category, splits["train"], splits["test"])
 

@@ -1,0 +1,51 @@
+"""Patch-score grid -> full-resolution anomaly map: bilinear upsampling (PyTorch,
+align_corners=False) then a Gaussian blur equal to scipy.ndimage.gaussian_filter(sigma, mode
+'reflect', truncate 4). Both are linear and separable, so they fold into one (S, h) matrix per
+axis and the whole map is K @ grid @ K.T.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from softpatch_jax.features.patch import bilinear_matrix
+
+
+def gaussian_blur_matrix(size: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """(size, size) matrix of scipy's 1-D gaussian_filter with mode='reflect' (d c b a | a b c d)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    m = np.zeros((size, size), np.float64)
+    for i in range(size):
+        for t, w in zip(range(-radius, radius + 1), taps):
+            j = i + t
+            period = 2 * size
+            j = j % period
+            if j >= size:
+                j = period - 1 - j
+            m[i, j] += w
+    return m
+
+
+@functools.lru_cache(maxsize=8)
+def map_operator(grid: int, size: int, sigma: float) -> np.ndarray:
+    """(size, grid) operator: upsample a grid axis to `size`, then blur it (sigma 0: no blur)."""
+    up = bilinear_matrix(grid, size)
+    if sigma <= 0:
+        return up.astype(np.float32)
+    return (gaussian_blur_matrix(size, sigma) @ up).astype(np.float32)
+
+
+def anomaly_maps(grids: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
+    """(T, h, w) patch-score grids -> (T, size, size) blurred anomaly maps."""
+    _, h, w = grids.shape
+    ky = jnp.asarray(map_operator(h, size, sigma))
+    kx = jnp.asarray(map_operator(w, size, sigma))
+    return np.asarray(_apply(jnp.asarray(grids, jnp.float32), ky, kx))
+
+
+@jax.jit
+def _apply(grids, ky, kx):
+    return jnp.einsum("yh,thw,xw->tyx", ky, grids, kx, precision=jax.lax.Precision.HIGHEST)

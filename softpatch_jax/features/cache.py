@@ -1,0 +1,66 @@
+"""On-disk cache of patch features, one .npy per image, so that sweep points share one extraction.
+
+The folder is keyed by everything that changes a feature (backbone, its weights file's hash or the
+random seed, taps, dtype, embedding size, patch size, resize, crop); a file inside by the image's
+path and name and its augmentation. A changed config therefore never reads stale features, and an
+interrupted extraction keeps what it finished (each file is written atomically).
+"""
+import hashlib
+import os
+from typing import Sequence
+
+import numpy as np
+
+from softpatch_jax.features.backbones import convert, resolve_weights
+from softpatch_jax.features.types import Features, FeatureSpec
+from softpatch_jax.io.files import atomic_path, fingerprint
+
+
+def config_key(model_config, data_config, spec: FeatureSpec, seed: int) -> str:
+    """Hex digest of the fields that determine the features of `spec`."""
+    weights = resolve_weights(model_config.backbone, model_config.weights)
+    if weights == "random":
+        weights = f"random:{seed}"
+    elif weights:
+        weights = convert.file_sha256(weights)
+    fields = dict(backbone=model_config.backbone, weights=weights, layers=",".join(spec.layers),
+                  padim=(spec.padim_dim, seed) if spec.padim_dim else None,
+                  dtype=model_config.dtype, embed_dim=model_config.embed_dim,
+                  patch_size=model_config.patch_size, resize=data_config.resize,
+                  image_size=data_config.image_size, version=convert.CONVERSION_VERSION)
+    return fingerprint(fields)
+
+
+def _sample_key(sample) -> str:
+    ident = f"{sample.path}|{sample.name}|{sample.augment}"
+    return hashlib.sha1(ident.encode()).hexdigest()
+
+
+class FeatureCache:
+    """Wraps an extractor: `embed`/`extract` extract only the images not cached."""
+
+    def __init__(self, embedder, directory: str):
+        self.embedder = embedder
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+
+    def grid(self, image_size: int):
+        return self.embedder.grid(image_size)
+
+    def _path(self, sample) -> str:
+        return os.path.join(self.directory, _sample_key(sample) + ".npy")
+
+    def embed(self, samples: Sequence, resize: int, image_size: int, batch_size: int = 16,
+              desc: str = "features") -> np.ndarray:
+        missing = [s for s in samples if not os.path.isfile(self._path(s))]
+        if missing:
+            feats = self.embedder.embed(missing, resize, image_size, batch_size, desc)
+            for s, f in zip(missing, feats):
+                with atomic_path(self._path(s)) as tmp:
+                    np.save(tmp, f)
+        return np.stack([np.load(self._path(s)) for s in samples])
+
+    def extract(self, samples: Sequence, resize: int, image_size: int, batch_size: int = 16,
+                desc: str = "features") -> Features:
+        return Features(self.embed(samples, resize, image_size, batch_size, desc),
+                        self.grid(image_size))

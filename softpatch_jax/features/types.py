@@ -1,0 +1,28 @@
+"""What a method asks of the features (`FeatureSpec`) and what an extractor returns (`Features`)."""
+import dataclasses
+from typing import Optional, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """Which features a method reads: locally aware patch features of `layers` (`padim_dim` 0),
+    or PaDiM features, `padim_dim` seeded channels of `layers` on the finest grid.
+    `data_parallel`: the extractor may split batches over devices."""
+    layers: Tuple[str, ...]
+    padim_dim: int = 0
+    data_parallel: bool = True
+
+
+@dataclasses.dataclass
+class Features:
+    """Features of N images: `patches` (N, P, D) on a (h, w) `grid` (P = h * w); `warps`
+    (N, 2, 3): where a method aligned its inputs, each image's map from the grid's frame back to
+    the input frame (None: the grid is in the input frame)."""
+    patches: np.ndarray
+    grid: Tuple[int, int]
+    warps: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return self.patches.shape[0]

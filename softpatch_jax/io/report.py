@@ -1,0 +1,54 @@
+"""Results on disk: metrics.json (per category + mean + resolved config) and results.md, and the
+one markdown table (rows x columns with a mean row) that runs and sweeps print."""
+import math
+import os
+from typing import Dict, Iterable, Optional, Sequence
+
+from softpatch_jax.io.files import write_json
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+
+
+def _present(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def mean(values: Iterable) -> Optional[float]:
+    """Mean of the values that are present (not None, not NaN); None if there are none."""
+    vals = [v for v in values if _present(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarise(per_category: Dict[str, dict]) -> dict:
+    return {m: mean(r.get(m) for r in per_category.values()) for m in METRICS}
+
+
+def fmt(v) -> str:
+    return f"{v:.4f}" if _present(v) else "-"
+
+
+def table(cells: Dict[str, Dict[str, object]], columns: Sequence[str], corner: str = "category",
+          mean_row: bool = True) -> list:
+    """Markdown lines: one row per key of `cells` ({row: {column: value}}), a **mean** row of
+    each column's present values when `mean_row`."""
+    lines = [f"| {corner} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in cells.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
+    if mean_row:
+        means = {c: mean(row.get(c) for row in cells.values()) for c in columns}
+        lines.append("| **mean** | " + " | ".join(fmt(means[c]) for c in columns) + " |")
+    return lines
+
+
+def markdown_table(per_category: Dict[str, dict], title: str = "") -> str:
+    cols = [m for m in METRICS if any(r.get(m) is not None for r in per_category.values())]
+    lines = [f"# {title}", ""] if title else []
+    lines += table(per_category, cols, mean_row=len(per_category) > 1)
+    return "\n".join(lines) + "\n"
+
+
+def write_results(workdir: str, per_category: Dict[str, dict], config: dict, title: str) -> None:
+    write_json(os.path.join(workdir, "metrics.json"),
+               {"categories": per_category, "mean": summarise(per_category), "config": config})
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(markdown_table(per_category, title))

@@ -1,0 +1,88 @@
+"""What every method is: the `Method` interface, the features it reads and the scores it gives.
+
+A method is a class registered by name (`methods.register`). `from_config` is the only place that
+reads `config.model.*` (and `config.fyd.*`); below it everything takes explicit arguments. A run:
+
+    method = methods.from_config(config)
+    method.check(n_train)                                  # before any compute
+    extractor, learned = method.prepare(samples, extractor, directory, key)   # FYD trains here
+    fitted = method.fit(extractor.extract(train, ...), key, learned)
+    scores = method.score(fitted, extractor.extract(test, ...))
+
+The fitted state is a `flax.struct` dataclass (a pytree) whose `to_arrays` / `from_arrays` give the
+flat dict of arrays that checkpoints store (stable across versions: old checkpoints load).
+"""
+import dataclasses
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from softpatch_jax.evaluation import anomaly_map
+from softpatch_jax.features.types import Features, FeatureSpec  # noqa: F401 (re-exported)
+
+
+@dataclasses.dataclass
+class Scores:
+    """Scores of T test images: `image` (T,), `grids` (T, h, w) patch scores in the input frame;
+    `maps()` the (T, S, S) anomaly maps (upsampled and blurred), computed once when first asked
+    for (PaDiM computes them while scoring and hands them over)."""
+    image: np.ndarray
+    grids: np.ndarray
+    image_size: int
+    blur_sigma: float
+    _maps: Optional[np.ndarray] = None
+
+    def maps(self) -> np.ndarray:
+        if self._maps is None:
+            self._maps = anomaly_map.anomaly_maps(self.grids, self.image_size, self.blur_sigma)
+        return self._maps
+
+
+class Method:
+    """The interface of a method; see the module docstring. Subclasses set `name` (the
+    registry's key, `model.method`) and `features` (a FeatureSpec) and implement `fit`, `score`
+    and `fitted_from_arrays`."""
+    name: ClassVar[str] = ""
+    # False where the features depend on the training images (FYD aligns them): not cacheable.
+    cacheable_features: ClassVar[bool] = True
+    features: FeatureSpec
+
+    @classmethod
+    def from_config(cls, config) -> "Method":
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        """What a results title says about the denoising ('none' without a discriminator)."""
+        return "none"
+
+    def check(self, n_train: int) -> None:
+        """One-line error (naming the config field) when `n_train` training images are too few."""
+        if n_train < 2:
+            raise ValueError(f"model.method={self.name} needs at least 2 training images per "
+                             f"position, but there are {n_train}; add training images")
+
+    def prepare(self, samples: Sequence, extractor, directory: str,
+                key: jax.Array) -> Tuple[Any, Any]:
+        """Learns from the training images before features are taken -> (the extractor to use
+        from now on, learned state handed to `fit`). Identity for all but FYD."""
+        return extractor, None
+
+    def extractor_for(self, fitted, extractor):
+        """The extractor that scores with `fitted` (FYD: the base wrapped in its alignment)."""
+        return extractor
+
+    def fit(self, features: Features, key: jax.Array, learned: Any = None,
+            progress: bool = True):
+        raise NotImplementedError
+
+    def score(self, fitted, features: Features) -> Scores:
+        raise NotImplementedError
+
+    def fitted_from_arrays(self, arrays: Dict[str, Any]):
+        raise NotImplementedError
+
+    def summary(self, fitted) -> Dict[str, Any]:
+        """Facts about a fitted model for the results (e.g. the memory bank size)."""
+        return {}

@@ -1,0 +1,173 @@
+"""PatchCore: a memory bank of training patch features (a greedy coreset), scored by the distance
+of each test patch to its nearest bank entries. SoftPatch builds on it (methods/softpatch.py):
+the same bank with sampling weights from a discriminator and soft weights on the scores.
+
+bank: project (B, P, D) training features to `projection_dim`, pick a weighted greedy coreset of
+int(coreset_ratio * B * P) patches (excluded patches, sampling weight 0, are never picked).
+score: mean squared distance to the `num_nn` nearest entries, times the nearest entry's soft weight
+where the method has them; image score = the maximum patch score, or the PatchCore paper's
+reweighting (`reweight_neighbours` > 0).
+"""
+import dataclasses
+from typing import Dict, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from softpatch_jax.methods.base import Features, FeatureSpec, Method, Scores
+from softpatch_jax.methods.registry import register
+from softpatch_jax.ops import knn
+from softpatch_jax.ops.coreset import GreedyCoreset
+from softpatch_jax.settings import comma_list
+
+
+@flax.struct.dataclass
+class MemoryBank:
+    features: np.ndarray          # (M, D) chosen patch features
+    weights: np.ndarray           # (M,) soft weights (ones without a discriminator)
+
+    def to_arrays(self, prefix: str = "") -> Dict[str, np.ndarray]:
+        return {prefix + "features": np.asarray(self.features),
+                prefix + "weights": np.asarray(self.weights)}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str = "") -> "MemoryBank":
+        return cls(np.asarray(arrays[prefix + "features"]), np.asarray(arrays[prefix + "weights"]))
+
+
+def build_bank(train_features: np.ndarray, sampling: np.ndarray, soft: np.ndarray,
+               coreset_ratio: float, key: jax.Array, sampler: GreedyCoreset,
+               reduced: Optional[jnp.ndarray] = None):
+    """Weighted coreset of int(ratio * B * P) patches -> (MemoryBank, (M,) indices into the
+    flattened B * P patches). `reduced`: the (N, d) coreset projection, when the caller has it."""
+    b, p, d = train_features.shape
+    n = b * p
+    m = int(coreset_ratio * n)
+    if m < 1:
+        raise ValueError(f"model.coreset_ratio={coreset_ratio} keeps no patch of {n}; raise it")
+    eligible = int(sampling.sum())
+    if m > eligible:
+        raise ValueError(f"model.coreset_ratio={coreset_ratio} asks for {m} bank entries but only "
+                         f"{eligible} patches are eligible after denoising; lower the ratio or "
+                         "the denoising threshold")
+    if coreset_ratio == 1.0:  # no subsampling: keep every eligible patch
+        idx = np.nonzero(sampling.reshape(-1))[0]
+    else:
+        key_proj, key_start = jax.random.split(key)
+        if reduced is None:
+            reduced = sampler.project(train_features, key_proj)
+        idx = sampler.select(reduced, m, key_start, jnp.asarray(sampling.reshape(-1)))
+    flat = train_features.reshape(n, d)
+    return MemoryBank(np.asarray(flat[idx]), soft.reshape(-1)[idx]), idx
+
+
+def patch_scores(test_features: np.ndarray, bank: MemoryBank, search, soft_weight: bool = True,
+                 num_nn: int = 1) -> np.ndarray:
+    """(T, P, D) test features -> (T, P) patch scores: mean squared distance to the num_nn
+    nearest entries (the official anomaly_score_num_nn; 1 = SoftPatch), times the nearest
+    entry's soft weight when `soft_weight`. `search`: a nearest-neighbour strategy (ops.knn)."""
+    t, p, d = test_features.shape
+    dist, idx = search.k_nearest(test_features.reshape(t * p, d), bank.features, num_nn)
+    score = dist.mean(axis=1)
+    if soft_weight:
+        score = score * bank.weights[idx[:, 0]]
+    return score.reshape(t, p)
+
+
+def reweighted_image_scores(test_features: np.ndarray, patch: np.ndarray, bank: MemoryBank,
+                            neighbours: int = 9, budget_mb: float = 1024) -> np.ndarray:
+    """PatchCore's image-score reweighting (paper eq. 7, as anomalib computes it).
+
+    For each image: the most anomalous patch f*, its patch score s (a squared distance, times a
+    soft weight where the method has them) and s* = sqrt(s) (for PatchCore the Euclidean
+    distance ||f* - m*||, as the paper weights it), its nearest bank entry m*, the `neighbours`
+    nearest entries of m* in the bank N_b (m* first); weight = 1 - softmax over ||f* - m||,
+    m in N_b, taken at m*; image score = weight * s*. -> (T,)
+    """
+    t, p, d = test_features.shape
+    best = patch.argmax(axis=1)
+    f_star = test_features[np.arange(t), best]  # (T, D)
+    _, m_star = knn.nearest_neighbour(f_star, bank.features, budget_mb)
+    b = min(neighbours, bank.features.shape[0])
+    _, support = knn.k_nearest(bank.features[m_star], bank.features, b, budget_mb)  # (T, b)
+    diff = f_star[:, None, :].astype(np.float64) - bank.features[support]
+    dist = np.sqrt((diff ** 2).sum(-1))  # Euclidean, as the paper
+    soft = np.exp(dist - dist.max(axis=1, keepdims=True))
+    weight = 1.0 - soft[:, 0] / soft.sum(axis=1)
+    return weight * np.sqrt(patch[np.arange(t), best])
+
+
+def bank_options(config) -> dict:
+    """The memory-bank fields of `config` (shared by PatchCore, SoftPatch and SoftPatch+),
+    checked, as keyword arguments."""
+    m, runtime = config.model, config.runtime
+    if not 0.0 < m.coreset_ratio <= 1.0:
+        raise ValueError(f"model.coreset_ratio={m.coreset_ratio} must lie in (0, 1]")
+    if m.num_nn < 1:
+        raise ValueError(f"model.num_nn={m.num_nn} must be >= 1")
+    if m.reweight_neighbours < 0:
+        raise ValueError(f"model.reweight_neighbours={m.reweight_neighbours} must be >= 0")
+    budget = runtime.memory_budget_mb
+    return dict(layers=tuple(comma_list(m.layers)), coreset_ratio=m.coreset_ratio,
+                num_nn=m.num_nn, reweight_neighbours=m.reweight_neighbours,
+                image_size=config.data.image_size, blur_sigma=m.blur_sigma, budget_mb=budget,
+                sampler=GreedyCoreset(m.projection_dim, m.num_starts, budget),
+                search=knn.make_search(budget, runtime.get("multi_device", True)))
+
+
+class PatchCore(Method):
+    """PatchCore: no denoising, no soft weights."""
+    name = "patchcore"
+
+    def __init__(self, *, layers, coreset_ratio: float = 0.1, num_nn: int = 1,
+                 reweight_neighbours: int = 0, image_size: int = 224, blur_sigma: float = 4.0,
+                 budget_mb: float = 1024, sampler: GreedyCoreset = GreedyCoreset(),
+                 search=knn.BruteForce()):
+        self.features = FeatureSpec(tuple(layers))
+        self.coreset_ratio, self.num_nn = coreset_ratio, num_nn
+        self.reweight_neighbours = reweight_neighbours
+        self.image_size, self.blur_sigma, self.budget_mb = image_size, blur_sigma, budget_mb
+        self.sampler, self.search = sampler, search
+
+    @classmethod
+    def from_config(cls, config) -> "PatchCore":
+        return cls(**bank_options(config))
+
+    def fit(self, features: Features, key: jax.Array, learned=None,
+            progress: bool = True) -> MemoryBank:
+        train = features.patches
+        b, p, _ = train.shape
+        _, key_bank = jax.random.split(key)  # the first half of the split is SoftPatch's
+        ones = np.ones((b, p), np.float32)
+        bank, _ = build_bank(train, ones, ones, self.coreset_ratio, key_bank,
+                             dataclasses.replace(self.sampler, progress=progress))
+        return bank
+
+    def bank_scores(self, bank: MemoryBank, features: Features, soft_weight: bool) -> np.ndarray:
+        """(T, h, w) patch-score grids against one bank."""
+        t = len(features)
+        return patch_scores(features.patches, bank, self.search, soft_weight,
+                            self.num_nn).reshape(t, *features.grid)
+
+    def image_scores(self, bank: MemoryBank, features: Features, grids: np.ndarray) -> np.ndarray:
+        patch = grids.reshape(len(features), -1)
+        if self.reweight_neighbours > 0:
+            return reweighted_image_scores(features.patches, patch, bank,
+                                           self.reweight_neighbours, self.budget_mb)
+        return patch.max(axis=1)
+
+    def score(self, fitted: MemoryBank, features: Features) -> Scores:
+        grids = self.bank_scores(fitted, features, soft_weight=False)
+        return Scores(self.image_scores(fitted, features, grids), grids, self.image_size,
+                      self.blur_sigma)
+
+    def fitted_from_arrays(self, arrays) -> MemoryBank:
+        return MemoryBank.from_arrays(arrays)
+
+    def summary(self, fitted: MemoryBank) -> dict:
+        return {"memory_bank": int(fitted.features.shape[0])}
+
+
+register(PatchCore)

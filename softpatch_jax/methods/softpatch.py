@@ -1,0 +1,248 @@
+"""SoftPatch and SoftPatch+ on the PatchCore memory bank (methods/patchcore.py).
+
+SoftPatch: project (B, P, D) training features to 128-d, score each position group with a
+discriminator (ops/discriminators.py), threshold at the global (1 - tau) quantile (hard: sampling
+weight 0), keep the scores as soft weights, then pick a weighted greedy coreset on a second,
+independent projection; test scores are the 1-NN squared distance times the nearest entry's soft
+weight. Discriminator `none` makes it PatchCore.
+
+SoftPatch+: several discriminators fused by rank normalisation; a classification bank (removal
+ratio `cls_threshold`) for image scores and a segmentation bank (`seg_threshold`) for maps.
+"""
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.stats import rankdata
+
+from softpatch_jax.methods.base import Features, Scores
+from softpatch_jax.methods.patchcore import MemoryBank, PatchCore, bank_options, build_bank
+from softpatch_jax.methods.registry import register
+from softpatch_jax.ops import discriminators
+from softpatch_jax.ops.distances import project, random_projection
+from softpatch_jax.settings import comma_list
+
+FUSION_RULES = ("mean", "max")
+
+
+def denoise(scores: np.ndarray, threshold: float):
+    """Global (1 - tau) quantile threshold. Returns (sampling weights in {0,1}, soft weights)."""
+    if not np.isfinite(scores).all():
+        raise ValueError("the discriminator produced non-finite scores (degenerate training "
+                         "features?); try another model.discriminator or more training images")
+    cut = np.quantile(scores.astype(np.float64), 1.0 - threshold)  # linear, as torch.quantile
+    sampling = (scores <= cut).astype(np.float32)
+    return sampling, np.maximum(scores, 0.0).astype(np.float32)
+
+
+def noise_scores(train_features: np.ndarray, key: jax.Array, discriminator: str, k: int = 6,
+                 projection_dim: int = 128, budget_mb: float = 1024,
+                 progress: bool = False) -> np.ndarray:
+    """(B, P, D) -> (B, P) discriminator scores on a random projection, grouped by position."""
+    d = train_features.shape[-1]
+    proj = project(train_features, random_projection(key, d, projection_dim), budget_mb)
+    groups = jnp.transpose(proj, (1, 0, 2))  # (P, B, d): one group per position
+    return discriminators.group_scores(groups, discriminator, k, budget_mb, progress).T
+
+
+def fuse_ranks(scores: Sequence[np.ndarray], rule: str = "mean") -> np.ndarray:
+    """Rank-normalised fusion (SoftPatch+): each score array's ranks over all patches / N (ties
+    averaged), combined by `rule` ('mean' or 'max'). Same shape as each input, values in (0, 1]."""
+    ranks = [rankdata(s.reshape(-1)).reshape(s.shape) / s.size for s in scores]
+    if rule == "mean":
+        return np.mean(ranks, axis=0)
+    if rule == "max":
+        return np.max(ranks, axis=0)
+    raise ValueError(f"unknown fusion rule {rule!r}; choose one of {', '.join(FUSION_RULES)}")
+
+
+def _check_discriminator(name: str, field: str) -> None:
+    if name not in discriminators.names():
+        raise ValueError(f"{field}={name!r} is unknown; choose "
+                         f"{'none, ' if field == 'model.discriminator' else ''}"
+                         f"{', '.join(discriminators.names())}")
+
+
+def _check_fraction(value: float, field: str) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{field}={value} must lie in [0, 1)")
+
+
+@dataclasses.dataclass
+class FitDetails:
+    bank: MemoryBank
+    patch_scores: Optional[np.ndarray]   # (B, P) discriminator scores; None without one
+    sampling_weights: np.ndarray         # (B, P) 1 = may enter the bank, 0 = excluded as noise
+    coreset_indices: np.ndarray          # (M,) indices into the flattened B * P patches
+
+
+class SoftPatch(PatchCore):
+    """SoftPatch with one discriminator (None: PatchCore's bank, no soft weights)."""
+    name = "softpatch"
+
+    def __init__(self, *, discriminator="lof", threshold: float = 0.15, lof_k: int = 6,
+                 soft_weight: bool = True, projection_dim: int = 128, **bank):
+        super().__init__(**bank)
+        self.discriminator = None if discriminator in (None, "none") else discriminator
+        self.threshold, self.lof_k, self.projection_dim = threshold, lof_k, projection_dim
+        self.soft_weight = soft_weight and self.discriminator is not None
+
+    @classmethod
+    def from_config(cls, config) -> "SoftPatch":
+        m = config.model
+        if m.discriminator != "none":
+            _check_discriminator(m.discriminator, "model.discriminator")
+        _check_fraction(m.threshold, "model.threshold")
+        if m.lof_k < 1:
+            raise ValueError(f"model.lof_k={m.lof_k} must be >= 1")
+        return cls(discriminator=m.discriminator, threshold=m.threshold, lof_k=m.lof_k,
+                   soft_weight=m.soft_weight, projection_dim=m.projection_dim,
+                   **bank_options(config))
+
+    @property
+    def label(self) -> str:
+        return self.discriminator or "none"
+
+    def _min_train(self, names) -> int:
+        return max([2] + [discriminators.get(d).min_group(self.lof_k) for d in names])
+
+    def _check_train(self, n_train: int, names) -> None:
+        need = self._min_train(names)
+        if n_train >= need:
+            return
+        if need > 2:  # a neighbour count sets it
+            raise ValueError(f"model.lof_k={self.lof_k} needs more than {need - 1} training "
+                             f"images per position, but there are {n_train}; add training "
+                             "images or lower model.lof_k")
+        super().check(n_train)
+
+    def check(self, n_train: int) -> None:
+        self._check_train(n_train, [self.discriminator] if self.discriminator else [])
+
+    def fit_details(self, features: Features, key: jax.Array,
+                    progress: bool = True) -> "FitDetails":
+        """The fit with what led to it: discriminator scores, sampling weights, picks."""
+        train = features.patches
+        b, p, _ = train.shape
+        key_disc, key_bank = jax.random.split(key)
+        scores = None
+        if self.discriminator is None:
+            sampling = soft = np.ones((b, p), np.float32)
+        else:
+            scores = noise_scores(train, key_disc, self.discriminator, self.lof_k,
+                                  self.projection_dim, self.budget_mb, progress)
+            sampling, soft = denoise(scores, self.threshold)
+        bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank,
+                               dataclasses.replace(self.sampler, progress=progress))
+        return FitDetails(bank, scores, sampling, idx)
+
+    def fit(self, features: Features, key: jax.Array, learned=None,
+            progress: bool = True) -> MemoryBank:
+        return self.fit_details(features, key, progress).bank
+
+    def score(self, fitted: MemoryBank, features: Features) -> Scores:
+        grids = self.bank_scores(fitted, features, self.soft_weight)
+        return Scores(self.image_scores(fitted, features, grids), grids, self.image_size,
+                      self.blur_sigma)
+
+
+@flax.struct.dataclass
+class TwoBanks:
+    classification: MemoryBank   # image scores (removal ratio cls_threshold)
+    segmentation: MemoryBank     # anomaly maps (removal ratio seg_threshold)
+
+    def to_arrays(self):
+        return {**self.classification.to_arrays("cls_"), **self.segmentation.to_arrays("seg_")}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "TwoBanks":
+        return cls(MemoryBank.from_arrays(arrays, "cls_"), MemoryBank.from_arrays(arrays, "seg_"))
+
+
+class SoftPatchPlus(SoftPatch):
+    """SoftPatch+: fused discriminators, two banks. Soft weights are the first discriminator's
+    raw scores (as in SoftPatch; the paper's choice is not known: our assumption)."""
+    name = "softpatch_plus"
+
+    def __init__(self, *, fusion=("lof", "gaussian"), fusion_rule: str = "mean",
+                 cls_threshold: float = 0.15, seg_threshold: float = 0.5, **softpatch):
+        super().__init__(discriminator=None, **softpatch)
+        self.fusion, self.fusion_rule = tuple(fusion), fusion_rule
+        self.cls_threshold, self.seg_threshold = cls_threshold, seg_threshold
+        self.soft_weight = softpatch.get("soft_weight", True)
+
+    @classmethod
+    def from_config(cls, config) -> "SoftPatchPlus":
+        m = config.model
+        fusion = comma_list(m.fusion)
+        if not fusion:
+            raise ValueError("model.fusion names no discriminator; e.g. lof,gaussian")
+        for d in fusion:
+            _check_discriminator(d, "model.fusion")
+        if m.fusion_rule not in FUSION_RULES:
+            raise ValueError(f"model.fusion_rule={m.fusion_rule!r} is unknown; choose one of "
+                             f"{', '.join(FUSION_RULES)}")
+        _check_fraction(m.cls_threshold, "model.cls_threshold")
+        _check_fraction(m.seg_threshold, "model.seg_threshold")
+        if m.seg_threshold < m.cls_threshold:
+            raise ValueError(f"model.seg_threshold={m.seg_threshold} must be >= "
+                             f"model.cls_threshold={m.cls_threshold} (the segmentation bank "
+                             "removes more)")
+        if m.lof_k < 1:
+            raise ValueError(f"model.lof_k={m.lof_k} must be >= 1")
+        return cls(fusion=fusion, fusion_rule=m.fusion_rule, cls_threshold=m.cls_threshold,
+                   seg_threshold=m.seg_threshold, lof_k=m.lof_k, soft_weight=m.soft_weight,
+                   projection_dim=m.projection_dim, **bank_options(config))
+
+    @property
+    def label(self) -> str:
+        return "fused:" + ",".join(self.fusion)
+
+    def check(self, n_train: int) -> None:
+        self._check_train(n_train, self.fusion)
+
+    def fit_details(self, features: Features, key: jax.Array,
+                    progress: bool = True) -> Tuple[FitDetails, FitDetails]:
+        """(classification, segmentation) fits with what led to them (fused rank scores)."""
+        train = features.patches
+        key_disc, key_bank = jax.random.split(key)
+        raw = [noise_scores(train, jax.random.fold_in(key_disc, i), d, self.lof_k,
+                            self.projection_dim, self.budget_mb, progress)
+               for i, d in enumerate(self.fusion)]
+        fused = fuse_ranks(raw, self.fusion_rule)
+        soft = np.maximum(raw[0], 0.0).astype(np.float32)
+        sampler = dataclasses.replace(self.sampler, progress=progress)
+        reduced = None
+        if self.coreset_ratio < 1.0:  # one projection for both banks
+            reduced = sampler.project(train, jax.random.split(key_bank)[0])
+        details = []
+        for tau in (self.cls_threshold, self.seg_threshold):
+            sampling, _ = denoise(fused, tau)
+            bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank, sampler,
+                                   reduced)
+            details.append(FitDetails(bank, fused, sampling, idx))
+        return details[0], details[1]
+
+    def fit(self, features: Features, key: jax.Array, learned=None,
+            progress: bool = True) -> TwoBanks:
+        cls, seg = self.fit_details(features, key, progress)
+        return TwoBanks(cls.bank, seg.bank)
+
+    def score(self, fitted: TwoBanks, features: Features) -> Scores:
+        cls_grids = self.bank_scores(fitted.classification, features, self.soft_weight)
+        image = self.image_scores(fitted.classification, features, cls_grids)
+        grids = self.bank_scores(fitted.segmentation, features, self.soft_weight)  # maps
+        return Scores(image, grids, self.image_size, self.blur_sigma)
+
+    def fitted_from_arrays(self, arrays) -> TwoBanks:
+        return TwoBanks.from_arrays(arrays)
+
+    def summary(self, fitted: TwoBanks) -> dict:
+        return {"memory_bank": int(fitted.classification.features.shape[0])}
+
+
+register(SoftPatch)
+register(SoftPatchPlus)

@@ -1,0 +1,61 @@
+"""The one padded-chunk loop: a jitted function over the rows of large arrays, chunk by chunk.
+
+Every chunk is padded to the same number of rows (repeating the last row), so the function
+compiles once; the padded rows' outputs are dropped. A few chunks stay in flight (JAX dispatches
+asynchronously) while earlier results are copied back, which bounds device memory.
+"""
+from typing import Callable, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+Array = Union[np.ndarray, jax.Array]
+
+
+def _pad_rows(x: Array, rows: int) -> Array:
+    """(n, ...) -> (rows, ...) by repeating the last row (same array library as the input)."""
+    n = x.shape[0]
+    if n == rows:
+        return x
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.concatenate([x, xp.repeat(x[-1:], rows - n, axis=0)])
+
+
+def map_chunks(fn: Callable[..., Union[Array, Tuple[Array, ...]]], arrays: Sequence[Array],
+               step: int, in_flight: int = 4, progress: bool = False,
+               desc: str = "") -> Tuple[np.ndarray, ...]:
+    """Applies `fn(*chunks)` to consecutive `step`-row chunks of `arrays` (all (N, ...), sliced
+    together along axis 0). `fn` returns one array or a tuple of arrays with leading size `step`.
+    -> tuple of NumPy arrays with leading size N (rows in order)."""
+    n = arrays[0].shape[0]
+    step = max(1, min(step, n))
+    outputs = None
+    pending = []
+
+    def collect(item):
+        nonlocal outputs
+        rows, result = item
+        parts = result if isinstance(result, tuple) else (result,)
+        if outputs is None:
+            outputs = [[] for _ in parts]
+        for out, part in zip(outputs, parts):
+            out.append(np.asarray(part)[:rows])
+
+    with tqdm(total=n, desc=desc, disable=not progress, leave=False) as bar:
+        for s in range(0, n, step):
+            chunk = [_pad_rows(a[s:s + step], step) for a in arrays]
+            rows = min(step, n - s)
+            pending.append((rows, fn(*chunk)))
+            if len(pending) > in_flight:
+                collect(pending.pop(0))
+            bar.update(rows)
+        for item in pending:
+            collect(item)
+    return tuple(np.concatenate(out) for out in outputs)
+
+
+def chunk_size(bytes_per_item: int, budget_mb: float, minimum: int = 1) -> int:
+    """How many items of `bytes_per_item` fit in a memory budget of `budget_mb` MiB."""
+    return max(minimum, int(budget_mb * 2**20) // max(1, bytes_per_item))

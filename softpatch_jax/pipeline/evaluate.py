@@ -1,0 +1,193 @@
+"""Fit and evaluate a method on every selected category; write results as each one finishes.
+
+One category runs in steps: `prepare_split` (data and injected noise), `fit_category` (the
+method's preparation, training features, fit), `score_category` (test features, scores) and
+`category_metrics`; `evaluate_category` chains them and writes the category's files.
+"""
+import csv
+import dataclasses
+import logging
+import os
+import time
+import zlib
+from typing import Any, Dict
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from softpatch_jax import data, methods
+from softpatch_jax.data import noise, preprocess
+from softpatch_jax.evaluation import metrics
+from softpatch_jax.features.extractor import make_extractor
+from softpatch_jax.io import checkpoint, report
+from softpatch_jax.io.files import write_json
+from softpatch_jax.settings import comma_list
+
+
+def validate(config) -> methods.Method:
+    """Fails fast, with one line naming the field, on impossible settings -> the method."""
+    d = config.data
+    if d.image_size > d.resize:
+        raise ValueError(f"data.image_size={d.image_size} exceeds data.resize={d.resize}; the "
+                         "centre crop must fit the resized image")
+    noise.resolve_mode(config.noise.mode, config.noise.overlap)
+    if config.noise.ratio < 0:
+        raise ValueError(f"noise.ratio={config.noise.ratio} must be >= 0")
+    return methods.from_config(config)
+
+
+def extractor_for(config, method: methods.Method):
+    """The feature extractor of `method` with the backbone fields of `config`."""
+    return make_extractor(config.model, method.features, config.seed, config.runtime.cache_dir,
+                          config.runtime.get("multi_device", True))
+
+
+def noise_file_list(spec: str):
+    """noise.files: a comma list of sample names, or the path of a text file with one per line."""
+    if spec and os.path.isfile(spec):
+        with open(spec) as f:
+            return [line.strip() for line in f if line.strip()]
+    return comma_list(spec)
+
+
+def prepare_split(config, category: str) -> noise.NoisySplit:
+    """Clean data of one category, capped as configured, with noise injected."""
+    cat = data.load_category(config.data, category, config.seed)
+    train = noise.subsample(cat.train, config.data.max_train,
+                            noise.category_rng(config.seed, category, "train"))
+    test = noise.subsample(cat.test, config.data.max_test,
+                           noise.category_rng(config.seed, category, "test"), stratify=True)
+    cat = data.Category(cat.name, train, test)
+    mode = noise.resolve_mode(config.noise.mode, config.noise.overlap)
+    return noise.inject_noise(cat, config.noise.ratio, mode, config.seed,
+                              noise_file_list(config.noise.files), config.noise.fold)
+
+
+def record_noise(split: noise.NoisySplit, directory: str, category: str) -> None:
+    with open(os.path.join(directory, f"noise_{category}.txt"), "w") as f:
+        f.writelines(s.name + "\n" for s in split.injected)
+    write_json(os.path.join(directory, f"noise_{category}.json"), noise.describe(split))
+
+
+def write_scores(path: str, samples, image_scores) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["name", "label", "defect", "score"])
+        w.writerows([s.name, s.label, s.defect, repr(float(v))]
+                     for s, v in zip(samples, image_scores))
+
+
+def category_key(seed: int, category: str) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(category.encode()))
+
+
+@dataclasses.dataclass
+class Fitted:
+    """One category's fit: the method's fitted state, the extractor that scores with it, and the
+    seconds each step took."""
+    state: Any
+    extractor: Any
+    seconds: Dict[str, float]
+
+
+def fit_category(method: methods.Method, split: noise.NoisySplit, extractor, data_config,
+                 key: jax.Array, directory: str, label: str = "") -> Fitted:
+    """The method's preparation (FYD trains its alignment in `directory`), training features,
+    fit."""
+    d = data_config
+    t0 = time.time()
+    extractor, learned = method.prepare(split.train, extractor, directory, key)
+    t1 = time.time()
+    train = extractor.extract(split.train, d.resize, d.image_size, d.batch_size,
+                              f"{label}: train features")
+    t2 = time.time()
+    state = method.fit(train, key, learned)
+    del train
+    seconds = dict(seconds_features_train=round(t2 - t1, 2), seconds_fit=round(time.time() - t2, 2))
+    if learned is not None:
+        seconds["seconds_train_alignment"] = round(t1 - t0, 2)
+    return Fitted(state, extractor, seconds)
+
+
+def score_category(method: methods.Method, fitted: Fitted, samples, data_config,
+                   desc: str) -> methods.Scores:
+    d = data_config
+    test = fitted.extractor.extract(samples, d.resize, d.image_size, d.batch_size, desc)
+    return method.score(fitted.state, test)
+
+
+def category_metrics(split: noise.NoisySplit, scores: methods.Scores, data_config) -> Dict:
+    """Image metrics, and pixel metrics where the test set has masks."""
+    labels = np.array([s.label for s in split.test])
+    result = {
+        "image_auroc": metrics.auroc(labels, scores.image),
+        "image_f1_max": metrics.f1_max(labels, scores.image),
+        "image_auroc_per_defect": metrics.per_defect_auroc(
+            labels, scores.image, [s.defect for s in split.test]),
+        "n_train_clean": len(split.train) - len(split.injected),
+        "n_noise": len(split.injected),
+        "n_test": len(split.test),
+        "n_test_anomalous": int(labels.sum()),
+    }
+    if any(s.has_mask for s in split.test):
+        masks = test_masks(split.test, data_config)
+        result["pixel_auroc"] = metrics.pixel_auroc(masks, scores.maps())
+        result["aupro"] = metrics.aupro(masks, scores.maps(), max_fpr=0.3)
+    return result
+
+
+def test_masks(samples, data_config) -> np.ndarray:
+    return np.stack([preprocess.load_sample_mask(s, data_config.resize, data_config.image_size)
+                     for s in samples])
+
+
+def evaluate_category(config, category: str, extractor, workdir: str, overlay_path: str = "",
+                      save_checkpoint: bool = True, method: methods.Method = None) -> Dict:
+    """Fits and scores one category. `extractor`: an Embedder or a FeatureCache around one.
+    `overlay_path`: if set, a PNG of anomaly-map overlays of a few test images is written."""
+    method = method or methods.from_config(config)
+    split = prepare_split(config, category)
+    record_noise(split, workdir, category)
+    method.check(len(split.train))
+    d = config.data
+    fitted = fit_category(method, split, extractor, d, category_key(config.seed, category),
+                          os.path.join(workdir, method.name, category), category)
+    t_score = time.time()
+    if save_checkpoint:
+        checkpoint.save_model(checkpoint.checkpoint_dir(workdir, category),
+                              fitted.state.to_arrays(), config.to_dict(),
+                              extractor.grid(d.image_size))
+    scores = score_category(method, fitted, split.test, d, f"{category}: test features")
+    write_scores(os.path.join(workdir, f"scores_{category}.csv"), split.test, scores.image)
+    result = category_metrics(split, scores, d)
+    result.update(method.summary(fitted.state))
+    if overlay_path:
+        from softpatch_jax.io import plots
+
+        plots.overlays(split.test, scores.maps(), test_masks(split.test, d), d.resize,
+                       d.image_size, overlay_path, f"{category}: {method.name} ({method.label})")
+    result.update(fitted.seconds, seconds_predict=round(time.time() - t_score, 2))
+    return result
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Dict]:
+    method = validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    categories = data.category_names(config.data.name, config.data.root, config.data.category,
+                                     config.data.source)
+    extractor = extractor_for(config, method)
+    title = (f"{config.data.name}: {method.name} ({method.label}), "
+             f"noise={config.noise.ratio} "
+             f"({noise.resolve_mode(config.noise.mode, config.noise.overlap)}), "
+             f"{config.model.backbone}")
+    results: Dict[str, Dict] = {}
+    for category in tqdm(categories, desc="categories", disable=len(categories) < 2):
+        start = time.time()
+        results[category] = evaluate_category(config, category, extractor, workdir,
+                                              method=method)
+        results[category]["seconds"] = round(time.time() - start, 2)
+        logging.info("%s: %s", category, results[category])
+        report.write_results(workdir, results, config.to_dict(), title)  # results as they go
+    print(report.markdown_table(results, title))
+    return results

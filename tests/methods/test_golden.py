@@ -1,0 +1,94 @@
+"""Golden outputs: every method gives, with the same config and seed, the numbers it gave before
+the method layer was redesigned (golden.npz, written by commit 28fa356's code on the same inputs).
+
+Two levels: fit and score on generated feature arrays (every method and discriminator variant),
+and the whole pipeline (backbone features, FYD's training, maps, metrics) on a generated
+MVTec-format category. Equal to the last digit, except PatchCore's reweighting, which was fixed to
+weight the Euclidean distance as the paper does (checked against the old value by that relation).
+"""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from softpatch_jax import methods
+from softpatch_jax.features.types import Features
+from softpatch_jax.pipeline import evaluate
+
+from conftest import REPO, load_config
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden.npz")
+
+VARIANTS = {
+    "softpatch_lof": dict(method="softpatch", discriminator="lof"),
+    "softpatch_nearest": dict(method="softpatch", discriminator="nearest"),
+    "softpatch_gaussian": dict(method="softpatch", discriminator="gaussian"),
+    "softpatch_none": dict(method="softpatch", discriminator="none"),
+    "patchcore": dict(method="patchcore"),
+    "patchcore_knn_reweight": dict(method="patchcore", num_nn=3, reweight_neighbours=5),
+    "softpatch_plus": dict(method="softpatch_plus"),
+    "softpatch_plus_max_nearest": dict(method="softpatch_plus", fusion="nearest,lof",
+                                       fusion_rule="max"),
+    "padim": dict(method="padim"),
+}
+
+
+def generated_features(b=24, p=9, d=32, noisy=4, seed=0):
+    rng = np.random.default_rng(seed)
+    f = rng.normal(size=(p, d))[None] * 3 + rng.normal(size=(b, p, d)) * 0.3
+    f[:noisy, 3] += rng.normal(size=(noisy, d)) * 3
+    return f.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(GOLDEN) as z:
+        return dict(z)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_fit_and_score_on_features_as_before(golden, name):
+    c = load_config("default.py")
+    c.model.update(dict(lof_k=4, coreset_ratio=0.3, projection_dim=16, blur_sigma=1.0))
+    c.model.update(VARIANTS[name])
+    c.data.image_size = 12
+    c.runtime.memory_budget_mb = 64
+    method = methods.from_config(c)
+    fitted = method.fit(Features(generated_features(), (3, 3)), jax.random.PRNGKey(3),
+                        progress=False)
+    scores = method.score(fitted, Features(generated_features(b=5, noisy=2, seed=5), (3, 3)))
+    prefix = f"features/{name}/"
+    for key, value in fitted.to_arrays().items():
+        np.testing.assert_array_equal(value, golden[prefix + "fitted/" + key], err_msg=key)
+    np.testing.assert_array_equal(scores.grids, golden[prefix + "grids"])
+    if name == "patchcore_knn_reweight":  # was weight * s*^2, now weight * s* (the paper's)
+        best = golden[prefix + "grids"].reshape(5, -1).max(axis=1)
+        np.testing.assert_allclose(scores.image, golden[prefix + "image"] / np.sqrt(best),
+                                   rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(scores.image, golden[prefix + "image"])
+
+
+@pytest.mark.parametrize("name", ["softpatch_lof", "patchcore", "softpatch_plus", "padim",
+                                  "fyd"])
+def test_pipeline_on_generated_category_as_before(golden, mvtec_root, tmp_path, cache_dir, name):
+    c = load_config("default.py")
+    c.data.update(dict(name="mvtec", root=mvtec_root, category="widget", max_train=0,
+                       max_test=0, resize=64, image_size=64, batch_size=8))
+    c.noise.ratio, c.noise.overlap = 0.25, True
+    c.model.method, c.model.lof_k = name.split("_lof")[0], 5
+    c.fyd.epochs, c.fyd.batch_size = 2, 4
+    c.runtime.cache_dir = cache_dir
+    method = evaluate.validate(c)
+    split = evaluate.prepare_split(c, "widget")
+    extractor = evaluate.extractor_for(c, method)
+    fitted = evaluate.fit_category(method, split, extractor, c.data,
+                                   evaluate.category_key(c.seed, "widget"), str(tmp_path))
+    scores = evaluate.score_category(method, fitted, split.test, c.data, "test")
+    prefix = f"pipeline/{name}/"
+    np.testing.assert_array_equal(scores.image, golden[prefix + "image"])
+    np.testing.assert_array_equal(scores.grids, golden[prefix + "grids"])
+    result = evaluate.category_metrics(split, scores, c.data)
+    for metric in ("image_auroc", "pixel_auroc", "aupro"):
+        assert result[metric] == golden[prefix + metric], metric

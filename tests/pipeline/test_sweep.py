@@ -1,0 +1,103 @@
+"""Sweeps: resume after a kill without recomputing, feature-cache keying, aggregate outputs."""
+import os
+
+import numpy as np
+import pytest
+
+from experiments import sweep
+from softpatch_jax import train
+from softpatch_jax.features.cache import FeatureCache, config_key
+
+from conftest import REPO
+
+
+def _config(root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "noise_sweep", os.path.join(REPO, "configs", "sweeps", "noise.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.data.root, c.data.category = root, "widget"
+    c.data.resize = c.data.image_size = 32
+    c.data.batch_size = 8
+    c.sweep.ratios, c.sweep.discriminators = "0,0.25", "none,lof"
+    c.sweep.overlays = False
+    c.model.lof_k = 3
+    return c
+
+
+def test_resume_skips_finished_points(mvtec_root, tmp_path, monkeypatch):
+    calls = []
+    real = train.evaluate_category
+
+    def counting(*args, **kwargs):
+        calls.append(args[1:])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while the third point runs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate_category", counting)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(_config(mvtec_root), str(tmp_path))
+    done = sorted(p for p, _, files in os.walk(tmp_path / "points") if "result.json" in files)
+    assert len(done) == 2  # the point in flight left nothing behind
+    calls.clear()
+    monkeypatch.setattr(train, "evaluate_category",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    rows = sweep.run_sweep(_config(mvtec_root), str(tmp_path))
+    assert len(calls) == 2 and len(rows) == 4  # only the two unfinished points ran
+    table = (tmp_path / "results.md").read_text()
+    # A clean sweep in a fresh directory gives the same table.
+    fresh = tmp_path / "fresh"
+    sweep.run_sweep(_config(mvtec_root), str(fresh))
+    assert (fresh / "results.md").read_text() == table
+    assert "| **mean** |" in table and (tmp_path / "auroc_vs_noise.png").is_file()
+    csv_rows = (tmp_path / "results.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 5 and csv_rows[0].startswith("category,mode,ratio,method")
+
+
+def test_features_are_extracted_once(mvtec_root, tmp_path):
+    from softpatch_jax.data import mvtec
+
+    class Counting:
+        def __init__(self):
+            self.seen = 0
+
+        def grid(self, size):
+            return (4, 4)
+
+        def embed(self, samples, *args, **kwargs):
+            self.seen += len(samples)
+            return np.stack([np.full((16, 8), hash(s.name) % 97, np.float32) for s in samples])
+
+    inner = Counting()
+    cache = FeatureCache(inner, str(tmp_path))
+    cat = mvtec.load_category(mvtec_root, "widget")
+    a = cache.embed(cat.train[:5], 32, 32)
+    b = cache.embed(cat.train[:7], 32, 32)
+    assert inner.seen == 7 and np.array_equal(a, b[:5])
+
+
+def test_cache_key_changes_with_what_changes_features(mvtec_root):
+    c = _config(mvtec_root)
+    base = config_key(c.model, c.data, c.seed)
+    assert config_key(c.model, c.data, c.seed) == base
+    for section, field, value in (("data", "image_size", 64), ("model", "layers", "stage2,stage4"),
+                                  ("model", "backbone", "efficientnet_lite1"),
+                                  ("model", "weights", "random")):
+        d = c.copy_and_resolve_references()
+        d[section][field] = value
+        assert config_key(d.model, d.data, d.seed) != base, field
+    d = c.copy_and_resolve_references()
+    d.model.discriminator, d.noise.ratio = "gaussian", 0.3  # these reuse the features
+    assert config_key(d.model, d.data, d.seed) == base
+
+
+def test_impossible_point_fails_before_any_work(mvtec_root, tmp_path):
+    c = _config(mvtec_root)
+    c.sweep.ratios = "0,2.0"  # 24 anomalies needed, 8 exist
+    with pytest.raises(ValueError, match="noise.ratio=2.0 needs 24"):
+        sweep.run_sweep(c, str(tmp_path))
+    assert not (tmp_path / "points").exists()
