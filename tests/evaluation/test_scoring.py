@@ -5,7 +5,7 @@ import scipy.ndimage
 from sklearn.metrics import roc_auc_score
 
 from softpatch_jax.evaluation import anomaly_map, metrics
-from softpatch_jax import features
+from softpatch_jax.features import patch as features
 from softpatch_jax.ops import knn
 
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softpatch_jax import features
+from softpatch_jax.features import patch as features
 
 
 def _pool_loop(x, out):

@@ -1,9 +1,14 @@
-"""Checkpoints: save/load round trip, predictions from the loaded bank, atomic replacement."""
+"""Checkpoints: save/load round trip, predictions from the loaded bank, atomic replacement, and
+checkpoints written before the CheckpointManager (the old layout) still load."""
+import os
+
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from softpatch_jax.io import checkpoint
-from softpatch_jax import softpatch
+from softpatch_jax.methods import patchcore
+from softpatch_jax.ops import knn
 
 
 def _bank(seed):
@@ -24,9 +29,12 @@ def test_round_trip_and_same_predictions(tmp_path):
         np.testing.assert_array_equal(loaded[k], bank[k])
     assert meta["config"] == CONFIG and meta["grid"] == [2, 2]
     test = np.random.default_rng(1).normal(size=(3, 4, 8)).astype(np.float32)
-    as_bank = lambda a: softpatch.MemoryBank(a["features"], a["weights"])  # noqa: E731
-    np.testing.assert_array_equal(softpatch.predict(test, as_bank(loaded)),
-                                  softpatch.predict(test, as_bank(bank)))
+
+    def scores(arrays):
+        return patchcore.patch_scores(test, patchcore.MemoryBank.from_arrays(arrays),
+                                      knn.BruteForce())
+
+    np.testing.assert_array_equal(scores(loaded), scores(bank))
 
 
 def test_interrupted_save_keeps_the_previous_model(tmp_path):
@@ -37,6 +45,10 @@ def test_interrupted_save_keeps_the_previous_model(tmp_path):
         checkpoint.save_model(path, _bank(1), bad, (2, 2))
     loaded, _ = checkpoint.load_model(path)
     np.testing.assert_array_equal(loaded["features"], _bank(0)["features"])
+    checkpoint.save_model(path, _bank(2), CONFIG, (2, 2))  # and the next save replaces it
+    loaded, _ = checkpoint.load_model(path)
+    np.testing.assert_array_equal(loaded["features"], _bank(2)["features"])
+    assert len([d for d in os.listdir(path) if d.isdigit()]) == 1  # only the latest is kept
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -44,14 +56,24 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         checkpoint.load_model(str(tmp_path / "nothing"))
 
 
-def test_death_between_the_renames_still_loads(tmp_path):
+def _legacy_save(path, arrays, config, grid):
+    """How checkpoints were written before the manager: one composite checkpoint at `path`."""
+    ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(path, args=ocp.args.Composite(
+        bank=ocp.args.StandardSave(arrays),
+        meta=ocp.args.JsonSave({"config": config, "grid": list(grid),
+                                "weights_sha256": "random"})))
+
+
+def test_checkpoints_of_the_old_layout_still_load(tmp_path):
     path = str(tmp_path / "m")
-    checkpoint.save_model(path, _bank(0), CONFIG, (2, 2))
-    import os
-    os.rename(path, path + ".old")  # the state a save leaves if killed mid-swap
+    _legacy_save(path, _bank(0), CONFIG, (2, 2))
+    loaded, meta = checkpoint.load_model(path)
+    np.testing.assert_array_equal(loaded["features"], _bank(0)["features"])
+    assert meta["grid"] == [2, 2]
+    os.rename(path, path + ".old")  # the state an old save left if killed mid-swap
     loaded, _ = checkpoint.load_model(path)
     np.testing.assert_array_equal(loaded["features"], _bank(0)["features"])
-    checkpoint.save_model(path, _bank(2), CONFIG, (2, 2))
+    os.rename(path + ".old", path)
+    checkpoint.save_model(path, _bank(2), CONFIG, (2, 2))  # a new save replaces the old layout
     loaded, _ = checkpoint.load_model(path)
     np.testing.assert_array_equal(loaded["features"], _bank(2)["features"])
-    assert not os.path.exists(path + ".old")

@@ -17,7 +17,7 @@ def _groups(p=6, b=40, d=32, seed=0):
 @pytest.mark.parametrize("k", [5, 6, 10])
 def test_lof_matches_sklearn(k):
     g = _groups()
-    ours = discriminators.group_scores(jnp.asarray(g), "lof", lof_k=k)
+    ours = discriminators.group_scores(jnp.asarray(g), "lof", k=k)
     ref = np.stack([-LocalOutlierFactor(n_neighbors=k).fit(x).negative_outlier_factor_ for x in g])
     np.testing.assert_allclose(ours, ref, rtol=1e-4)
     assert (ours[:, :4].mean() > ours[:, 4:].mean())
@@ -45,7 +45,7 @@ def test_nearest_matches_brute_force():
     np.testing.assert_allclose(ours, np.stack(ref), rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", discriminators.METHODS)
+@pytest.mark.parametrize("method", discriminators.names())
 def test_chunked_equals_unchunked(method):
     g = jnp.asarray(_groups(p=13))
     whole = discriminators.group_scores(g, method, budget_mb=1024)
@@ -54,10 +54,22 @@ def test_chunked_equals_unchunked(method):
 
 
 def test_k_not_smaller_than_group_is_an_error():
-    with pytest.raises(ValueError, match="model.lof_k=40 needs more than 40"):
-        discriminators.group_scores(jnp.asarray(_groups(b=40)), "lof", lof_k=40)
+    with pytest.raises(ValueError, match=r"lof discriminator \(k=40\) needs groups of at least 41"):
+        discriminators.group_scores(jnp.asarray(_groups(b=40)), "lof", k=40)
 
 
 def test_unknown_method_is_an_error():
     with pytest.raises(ValueError, match="unknown discriminator"):
         discriminators.group_scores(jnp.asarray(_groups()), "median")
+
+
+def test_a_registered_discriminator_runs_through_the_chunked_loop():
+    def spread(x):  # distance to the group mean
+        return jnp.sqrt(jnp.sum((x - x.mean(0)) ** 2, axis=1))
+
+    discriminators.register("test_spread", lambda k: spread)
+    g = _groups(p=7)
+    ours = discriminators.group_scores(jnp.asarray(g), "test_spread", budget_mb=0.01)
+    ref = np.sqrt(((g - g.mean(1, keepdims=True)) ** 2).sum(-1))
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+    assert "test_spread" in discriminators.names()

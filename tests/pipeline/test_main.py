@@ -9,6 +9,8 @@ import pytest
 
 from conftest import MVTEC_ROOT, REPO
 
+pytestmark = pytest.mark.slow  # end to end through the CLI, in subprocesses
+
 SMALL = ["--config.data.resize=64", "--config.data.image_size=64", "--config.data.batch_size=8"]
 
 
