@@ -61,6 +61,7 @@ def run_impl(stage, impl, size, repeats):
             import jax.numpy as jnp
 
             from softpatch_jax.ops import discriminators
+
             gj = jnp.asarray(g)
             fn = lambda: discriminators.group_scores(gj, "lof", 6)  # noqa: E731
         else:
@@ -128,7 +129,7 @@ def btad_scale(size, budget_mb=1024):
     p, b = (1024, 500) if size == "quick" else (4096, 1000)
     code = (
         "import time, resource, numpy as np, jax.numpy as jnp\n"
-        "from softpatch_jax import discriminators\n"
+        "from softpatch_jax.ops import discriminators\n"
         f"g = jnp.asarray(np.random.default_rng(0).normal(size=({p}, {b}, 128)), jnp.float32)\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "for m in ('nearest', 'gaussian', 'lof'):\n"

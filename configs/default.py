@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "elpv"             # elpv | mvtec
+    config.data.name = "elpv"             # elpv | mvtec | visa | btad | folder
     config.data.root = ""                 # elpv: '' = the elpv-dataset package's files
     config.data.source = "folder"         # folder | tfds (mvtec, visa, btad builders)
     config.data.tfds_dir = ""             # TFDS data_dir ('' = TFDS's default)
@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.seg_threshold = 0.5      # segmentation bank (anomaly maps)
     # PaDiM: random channels of the first three levels (EfficientNet-Lite: stride 4, 8, 16).
     config.model.padim_layers = "stage2,stage3,stage4"
-    config.model.padim_dim = 100
+    config.model.padim_dim = 0            # 0 = the PaDiM paper's for the backbone (100; ResNet-50s: 550)
 
     # FYD (model.method=fyd): alignment trained on the training images, then PaDiM on the aligned
     # maps of model.padim_layers. Choices beyond METHOD.md are ours (README, "FYD").

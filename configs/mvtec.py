@@ -3,13 +3,7 @@
 python -m softpatch_jax.main --config=configs/mvtec.py \
     --config.data.root=../shared/data/mvtec_ad --config.data.category=transistor --workdir=DIR
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "softpatch_default_config", os.path.join(os.path.dirname(__file__), "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from configs import default
 
 
 def get_config():

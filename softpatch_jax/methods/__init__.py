@@ -33,5 +33,6 @@ def sweep_overrides(entry: str) -> dict:
         return {"method": entry}
     if entry == "none" or entry in discriminators.names():
         return {"method": DEFAULT, "discriminator": entry}
-    raise ValueError(f"sweep entry {entry!r} is neither a method ({', '.join(names())}) nor a "
-                     f"discriminator (none, {', '.join(discriminators.names())})")
+    raise ValueError(f"sweep.discriminators entry {entry!r} is neither a method "
+                     f"({', '.join(names())}) nor a discriminator "
+                     f"(none, {', '.join(discriminators.names())})")
