@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from softpatch_jax.features.backbones import build_backbone
+from softpatch_jax.settings import comma_list
 
 TAPS = {"efficientnet_lite0": ("stage3", "stage5"), "efficientnet_lite1": ("stage3", "stage5"),
         "efficientnet_lite2": ("stage3", "stage5"), "resnet18": ("layer2", "layer3"),
@@ -63,7 +64,7 @@ def main():
           f"{args.repeats}")
     print("| backbone | ours img/s | torch img/s | ratio |")
     print("|---|---|---|---|")
-    for name in args.backbones.split(","):
+    for name in comma_list(args.backbones):
         weights = "" if name.startswith("efficientnet") else "random"
         module, variables = build_backbone(name, TAPS[name], weights)
         fn = jax.jit(module.apply)

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from softpatch_jax.settings import comma_list
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {  # quick / full problem sizes, as on MVTec transistor at 224 px (784 positions)
     "lof": {"quick": dict(p=64, b=120, d=128), "full": dict(p=784, b=234, d=128)},
@@ -233,7 +235,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     tmp = os.path.join("/tmp", f"softpatch_bench_{os.getpid()}")
     os.makedirs(tmp, exist_ok=True)
-    for stage in args.stages.split(","):
+    for stage in comma_list(args.stages):
         if stage == "btad":
             btad_scale(size)
             continue
