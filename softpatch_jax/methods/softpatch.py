@@ -66,6 +66,11 @@ def _check_discriminator(name: str, field: str) -> None:
                          f"{', '.join(discriminators.names())}")
 
 
+def _check_lof_k(k: int) -> None:
+    if k < 1:
+        raise ValueError(f"model.lof_k={k} must be >= 1")
+
+
 def _check_fraction(value: float, field: str) -> None:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{field}={value} must lie in [0, 1)")
@@ -96,8 +101,7 @@ class SoftPatch(PatchCore):
         if m.discriminator != "none":
             _check_discriminator(m.discriminator, "model.discriminator")
         _check_fraction(m.threshold, "model.threshold")
-        if m.lof_k < 1:
-            raise ValueError(f"model.lof_k={m.lof_k} must be >= 1")
+        _check_lof_k(m.lof_k)
         return cls(discriminator=m.discriminator, threshold=m.threshold, lof_k=m.lof_k,
                    soft_weight=m.soft_weight, projection_dim=m.projection_dim,
                    **bank_options(config))
@@ -191,8 +195,7 @@ class SoftPatchPlus(SoftPatch):
             raise ValueError(f"model.seg_threshold={m.seg_threshold} must be >= "
                              f"model.cls_threshold={m.cls_threshold} (the segmentation bank "
                              "removes more)")
-        if m.lof_k < 1:
-            raise ValueError(f"model.lof_k={m.lof_k} must be >= 1")
+        _check_lof_k(m.lof_k)
         return cls(fusion=fusion, fusion_rule=m.fusion_rule, cls_threshold=m.cls_threshold,
                    seg_threshold=m.seg_threshold, lof_k=m.lof_k, soft_weight=m.soft_weight,
                    projection_dim=m.projection_dim, **bank_options(config))

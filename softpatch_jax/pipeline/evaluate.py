@@ -117,8 +117,8 @@ def score_category(method: methods.Method, fitted: Fitted, samples, data_config,
     return method.score(fitted.state, test)
 
 
-def category_metrics(split: noise.NoisySplit, scores: methods.Scores, data_config) -> Dict:
-    """Image metrics, and pixel metrics where the test set has masks."""
+def category_metrics(split: noise.NoisySplit, scores: methods.Scores, masks=None) -> Dict:
+    """Image metrics, and pixel metrics against `masks` ((T, S, S), None without masks)."""
     labels = np.array([s.label for s in split.test])
     result = {
         "image_auroc": metrics.auroc(labels, scores.image),
@@ -130,14 +130,14 @@ def category_metrics(split: noise.NoisySplit, scores: methods.Scores, data_confi
         "n_test": len(split.test),
         "n_test_anomalous": int(labels.sum()),
     }
-    if any(s.has_mask for s in split.test):
-        masks = test_masks(split.test, data_config)
+    if masks is not None:
         result["pixel_auroc"] = metrics.pixel_auroc(masks, scores.maps())
         result["aupro"] = metrics.aupro(masks, scores.maps(), max_fpr=0.3)
     return result
 
 
-def test_masks(samples, data_config) -> np.ndarray:
+def load_masks(samples, data_config) -> np.ndarray:
+    """(T, S, S) ground-truth masks of test samples (zeros where a sample has none)."""
     return np.stack([preprocess.load_sample_mask(s, data_config.resize, data_config.image_size)
                      for s in samples])
 
@@ -160,12 +160,14 @@ def evaluate_category(config, category: str, extractor, workdir: str, overlay_pa
                               extractor.grid(d.image_size))
     scores = score_category(method, fitted, split.test, d, f"{category}: test features")
     write_scores(os.path.join(workdir, f"scores_{category}.csv"), split.test, scores.image)
-    result = category_metrics(split, scores, d)
+    has_masks = any(s.has_mask for s in split.test)
+    masks = load_masks(split.test, d) if has_masks or overlay_path else None  # read once
+    result = category_metrics(split, scores, masks if has_masks else None)
     result.update(method.summary(fitted.state))
     if overlay_path:
         from softpatch_jax.io import plots
 
-        plots.overlays(split.test, scores.maps(), test_masks(split.test, d), d.resize,
+        plots.overlays(split.test, scores.maps(), masks, d.resize,
                        d.image_size, overlay_path, f"{category}: {method.name} ({method.label})")
     result.update(fitted.seconds, seconds_predict=round(time.time() - t_score, 2))
     return result
