@@ -1,9 +1,13 @@
 """Installs softpatch-jax: `pip install -e .` (CPU JAX) or `pip install -e ".[cuda]"`."""
+import re
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "(.+)"', open("softpatch_jax/__init__.py").read()).group(1)
 
 setup(
     name="softpatch-jax",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "Fully unsupervised industrial anomaly detection in JAX/Flax: "
         "SoftPatch, SoftPatch+, FYD, PatchCore and PaDiM."

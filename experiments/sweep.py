@@ -1,8 +1,11 @@
 """Sweep noise ratio x method x mode x category with one command; resumable.
 
 python -m experiments.sweep --config configs/sweeps/noise.py --workdir DIR [--config.x=...]
+    [--overwrite]
 
-See softpatch_jax/pipeline/sweep.py for what it writes.
+See softpatch_jax/pipeline/sweep.py for what it writes. A rerun skips the points already computed
+from the same config and data; a point computed from another refuses the run, or with
+--overwrite is recomputed.
 """
 import logging
 
@@ -15,15 +18,17 @@ from softpatch_jax.pipeline.sweep import run_sweep
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Sweep directory (results, cached features, points).")
 config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
+flags.DEFINE_bool("overwrite", False, "Recompute points computed from another config or data "
+                  "(without it such a sweep refuses to start).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
     logging.getLogger().setLevel(logging.INFO)
-    cli.run_or_exit(run_sweep, FLAGS.config, FLAGS.workdir)
+    cli.run_or_exit(run_sweep, FLAGS.config, FLAGS.workdir, FLAGS.overwrite)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

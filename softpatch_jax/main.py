@@ -2,10 +2,8 @@
 
 Fit and evaluate: python -m softpatch_jax.main --config configs/default.py --workdir DIR
   (any config field can be overridden with --config.<field>=<value>)
-Score new images: python -m softpatch_jax.main --mode=predict --workdir DIR --images=a.png,b.png
+Score new images: python -m softpatch_jax.main --mode=predict --workdir DIR --images=a.png,dir/
 """
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,30 +16,35 @@ config_flags.DEFINE_config_file("config", None, "Path to an ml_collections confi
                                 lock_config=True)
 flags.DEFINE_enum("mode", "fit", ["fit", "predict"], "fit: fit and evaluate; predict: score "
                   "--images with the models fitted in --workdir.")
-flags.DEFINE_list("images", [], "Images to score in predict mode.")
+flags.DEFINE_list("images", [], "Predict mode: image files, folders and globs to score.")
 flags.DEFINE_string("category", "", "Predict mode: the fitted category to use ('' = all).")
+flags.DEFINE_bool("overwrite", False, "Fit: replace results of another config in --workdir "
+                  "(without it such a run refuses to start).")
 flags.mark_flags_as_required(["workdir"])
 
 
 def run():
     if FLAGS.mode == "predict":
-        for cat, scores in predict.predict_images(FLAGS.workdir, FLAGS.images,
-                                                  FLAGS.category).items():
-            print(f"{cat}: " + ", ".join(f"{os.path.basename(p)}={v:.6g}"
-                                         for p, v in zip(FLAGS.images, scores)))
+        for cat, (names, scores) in predict.predict_images(FLAGS.workdir, FLAGS.images,
+                                                           FLAGS.category).items():
+            top = int(scores.argmax())
+            print(f"{cat}: {len(names)} images scored -> "
+                  f"{FLAGS.workdir}/predictions/{cat}/scores.csv "
+                  f"(highest: {names[top]} = {float(scores[top]):.6g})")
         return
     if FLAGS.config is None:
-        raise app.UsageError("--config is required to fit")
+        raise ValueError("--config is required to fit; give a config file such as "
+                         "configs/default.py")
     sharding.maybe_initialize_distributed(FLAGS.config.runtime.distributed)
-    evaluate.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    evaluate.train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
     logging.set_verbosity(logging.INFO)
     cli.run_or_exit(run)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

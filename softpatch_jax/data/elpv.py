@@ -25,6 +25,9 @@ def default_root() -> str:
 
 def _read_labels(root: str):
     labels = os.path.join(root, "labels.csv")
+    if os.path.exists(labels) and not os.path.isfile(labels):
+        raise ValueError(f"ELPV labels file {labels!r} is not a regular file; remove it or replace "
+                         "it with the file")
     if not os.path.isfile(labels):
         raise FileNotFoundError(f"ELPV labels file {labels!r} does not exist; set data.root to the "
                                 "folder holding labels.csv and images/ (or leave it empty)")
@@ -35,6 +38,17 @@ def _read_labels(root: str):
             if len(parts) == 3:
                 rows.append((parts[0], float(parts[1]), parts[2]))
     return rows
+
+
+def _refuse_irregular(root: str, paths: List[str]) -> None:
+    """Listed cells that exist but are no regular files (a directory, a FIFO, whose read would
+    block) fail here, by their stat, naming the first few."""
+    bad = [p for p in paths
+           if os.path.exists(os.path.join(root, p)) and not os.path.isfile(os.path.join(root, p))]
+    if bad:
+        raise ValueError(f"{len(bad)} ELPV images listed in labels.csv under {root!r} are not "
+                         f"regular files: {', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; "
+                         "remove them or replace them with images")
 
 
 def list_categories(root: str) -> List[str]:
@@ -50,6 +64,7 @@ def load_category(root: str, name: str, seed: int, train_fraction: float = 0.5) 
         raise ValueError(f"data.train_fraction={train_fraction} must lie in (0, 1)")
     normal = [p for p, prob, t in rows if t == name and prob == 0.0]
     anomalous = [p for p, prob, t in rows if t == name and prob == 1.0]
+    _refuse_irregular(root, normal + anomalous)
     rng = np.random.default_rng([seed, CATEGORIES.index(name) if name in CATEGORIES else 99])
     order = rng.permutation(len(normal))
     n_train = int(round(train_fraction * len(normal)))

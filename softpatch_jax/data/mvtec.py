@@ -11,6 +11,7 @@
 A mask is found as `<stem>_mask.<ext>` or `<stem>.<ext>` with any image extension.
 """
 import csv
+import logging
 import os
 from typing import List, Optional
 
@@ -21,8 +22,16 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def images_in(folder: str) -> List[str]:
-    """Sorted image file names in a folder."""
-    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+    """Sorted image file names in a folder. Only regular files (or links to them): opening a FIFO
+    named like an image blocks forever, so such entries are skipped with one warning."""
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+    files = [f for f in names if os.path.isfile(os.path.join(folder, f))]
+    if len(files) < len(names):
+        skipped = sorted(set(names) - set(files))
+        logging.warning("skipping %d entries of %r that are not regular files (directories, FIFOs, "
+                        "sockets or broken links): %s%s", len(skipped), folder,
+                        ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
+    return files
 
 
 def find_mask(folder: str, stem: str) -> Optional[str]:
@@ -32,6 +41,13 @@ def find_mask(folder: str, stem: str) -> Optional[str]:
             if os.path.isfile(path):
                 return path
     return None
+
+
+def _refuse_irregular(path: str, what: str) -> None:
+    """A clear ValueError when `path` exists but is no regular file (a directory, FIFO, socket),
+    rather than "does not exist" or a read that blocks."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{what} is not a regular file; remove it or replace it with a file")
 
 
 def _require_dir(path: str, what: str) -> None:
@@ -93,6 +109,7 @@ def load_visa_raw(root: str, name: str) -> Category:
     split_csv = os.path.join(root, "split_csv", "1cls.csv")
     if not os.path.isdir(os.path.join(root, name)):
         raise _unknown(root, name, "visa_raw")
+    _refuse_irregular(split_csv, f"VisA split file {split_csv!r}")
     if not os.path.isfile(split_csv):
         raise FileNotFoundError(f"VisA split file {split_csv!r} does not exist; the raw layout "
                                 "needs <root>/split_csv/1cls.csv")
@@ -102,10 +119,13 @@ def load_visa_raw(root: str, name: str) -> Category:
             if row["object"] != name:
                 continue
             path = os.path.join(root, row["image"])
+            _refuse_irregular(path, f"image {path!r} listed in {split_csv!r}")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"image {path!r} listed in {split_csv!r} does not exist")
             anomalous = row["label"] == "anomaly"
             mask = os.path.join(root, row["mask"]) if anomalous and row.get("mask") else None
+            if anomalous and mask is not None:
+                _refuse_irregular(mask, f"the mask {mask!r} of {row['image']!r}")
             if anomalous and (mask is None or not os.path.isfile(mask)):
                 raise FileNotFoundError(f"the mask of {row['image']!r} is missing "
                                         f"({row.get('mask') or 'no mask column'})")

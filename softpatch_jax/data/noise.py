@@ -90,7 +90,9 @@ def inject_noise(category: Category, ratio: float, mode: str, seed: int,
     else:
         count = int(ratio * len(category.train))
         rng = category_rng(seed, category.name, f"noise/{fold}")
-        if count <= len(pool):
+        # no_overlap moves the drawn images out of the test set: keep one anomaly to test on.
+        available = len(pool) - 1 if mode == "no_overlap" and pool else len(pool)
+        if count <= available:
             injected = [pool[i] for i in rng.choice(len(pool), count, replace=False)]
         elif mode == "overlap_repeat":
             if not pool:
@@ -104,12 +106,25 @@ def inject_noise(category: Category, ratio: float, mode: str, seed: int,
         else:
             raise ValueError(
                 f"noise.ratio={ratio} needs {count} anomalous images but category "
-                f"{category.name!r} has only {len(pool)}; lower noise.ratio to at most "
-                f"{len(pool) / len(category.train):.3f} or use noise.mode=overlap_repeat")
+                f"{category.name!r} can give only {available}"
+                + (" (no_overlap keeps one for the test set)" if mode == "no_overlap" else "")
+                + f"; {_fix(available, len(category.train), mode)}")
     names = {s.name for s in injected}
     test = list(category.test) if mode != "no_overlap" else [
         s for s in category.test if s.name not in names]
     return NoisySplit(list(category.train) + injected, test, injected)
+
+
+def _fix(available: int, n_train: int, mode: str) -> str:
+    """A suggestion that leads to a valid run: the largest ratio whose count fits, or a mode."""
+    repeat = "use noise.mode=overlap_repeat"
+    if available == 0:
+        return repeat if mode == "overlap" or mode == "overlap_repeat" else \
+            "use noise.mode=overlap or overlap_repeat"
+    ratio = np.ceil(available / n_train * 1000) / 1000  # the largest 3-decimal ratio that fits
+    while int(ratio * n_train) > available:
+        ratio = round(ratio - 0.001, 3)
+    return f"lower noise.ratio to at most {ratio:.3f} or {repeat}"
 
 
 def describe(split: NoisySplit) -> List[dict]:

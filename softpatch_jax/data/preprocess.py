@@ -1,14 +1,19 @@
 """Standard preprocessing (METHOD.md step 1), as torchvision does it on PIL images: resize the
 shorter side to `resize` (bilinear), centre-crop `crop`, scale to [0, 1], ImageNet mean/std.
 Masks get the same resize and crop; a pixel is anomalous only if it stays at 1 (255) after resizing.
-Grayscale images are replicated to three channels.
+Grayscale images are replicated to three channels. Images and masks are first turned upright by
+their EXIF orientation; 16-bit and float images are scaled to 8 bits (`_to_8bit`).
 """
 import concurrent.futures
 import io
-from typing import Iterator, Optional, Sequence, Tuple
+import os
+import stat
+from typing import Callable, Iterator, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
+
+T = TypeVar("T")
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -31,15 +36,91 @@ def _resize_crop(img: Image.Image, resize: int, crop: int) -> Image.Image:
     return img.crop((left, top, left + crop, top + crop))
 
 
-def _open(path: str, mode: str, data: Optional[bytes] = None) -> Image.Image:
-    """Opens a file, or encoded bytes when `data` is given (`path` then only names it)."""
+def _require_regular(path: str) -> None:
+    """Refuses what is not a regular file by its stat alone: opening a FIFO named like an image
+    blocks forever, and a directory or socket fails with an obscure error."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path!r} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"cannot read image {path!r} ({e}); replace or remove the file") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or other special file")
+        raise ValueError(f"{path!r} is not a regular file (it is {kind}); remove it or replace it "
+                         "with an image")
+
+
+def _read(path: str, data: Optional[bytes], take: Callable[[Image.Image], T]) -> T:
+    """`take` applied to the opened file (or encoded `data`, `path` then only names it), with the
+    same errors for every unreadable input."""
+    if data is None:
+        _require_regular(path)
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as img:
-            return img.convert(mode)
+            return take(img)
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path!r} does not exist") from None
     except Exception as e:  # PIL raises several types for corrupt files
         raise ValueError(f"cannot read image {path!r} ({e}); replace or remove the file") from None
+
+
+def _is_wide(img: Image.Image) -> bool:
+    """Modes that convert() would clip at 255 (16-bit PNGs and TIFFs read as solid white)."""
+    return img.mode in ("I", "F") or img.mode.startswith("I;16")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Integer modes I;16* and I are read as 16-bit: clipped to 0..65535, then value / 257
+    rounded (65535 -> 255). Float (F) images are taken as [0, 1] when their finite maximum is
+    <= 1 (times 255), else as 0..255; rounded, clipped, NaN -> 0. Other modes are returned as they
+    are, so 8-bit images read exactly as convert() reads them."""
+    if not _is_wide(img):
+        return img
+    if img.mode == "F":
+        v = np.asarray(img, np.float64)
+        finite = v[np.isfinite(v)]
+        if finite.size == 0 or finite.max() <= 1.0:
+            v = v * 255.0
+        v = np.clip(np.rint(np.nan_to_num(v, nan=0.0)), 0, 255)
+    else:
+        v = (np.clip(np.asarray(img, np.int64), 0, 65535) + 128) // 257  # = round(value / 257)
+    return Image.fromarray(v.astype(np.uint8))
+
+
+def _defects(img: Image.Image) -> Image.Image:
+    """L mask, 255 wherever the stored value is non-zero: thresholded before any scaling, so a
+    16-bit mask of 0/1 keeps its defects (NaN is no defect)."""
+    if _is_wide(img):
+        v = np.asarray(img)
+        on = (v != 0) & ~np.isnan(v)
+    else:
+        on = np.asarray(img.convert("L")) > 0
+    return Image.fromarray((on * 255).astype(np.uint8))
+
+
+def open_image(path: str, mode: str, data: Optional[bytes] = None) -> Image.Image:
+    """Opens a file, or encoded bytes when `data` is given (`path` then only names it), upright
+    as its EXIF orientation says (cameras store rotated pixels plus a tag). `mode`: "RGB" or "L"
+    (16-bit and float images scaled to 8 bits as `_to_8bit` says), or "mask" (`_defects`)."""
+    def take(img: Image.Image) -> Image.Image:
+        ImageOps.exif_transpose(img, in_place=True)
+        return _defects(img) if mode == "mask" else _to_8bit(img).convert(mode)
+    return _read(path, data, take)
+
+
+def _upright_size(img: Image.Image) -> Tuple[int, int]:
+    """(width, height) after `open_image`'s EXIF transpose, without decoding the pixels where the
+    format allows it (orientations 5-8 swap the sides)."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else (w, h)
+
+
+def image_size(path: str, data: Optional[bytes] = None) -> Tuple[int, int]:
+    """(width, height) of an image file (or encoded `data`) as it reads upright; also checks
+    that it is a readable image."""
+    return _read(path, data, _upright_size)
 
 
 def augment(img: Image.Image, rotation_deg: float, shift_x: float, shift_y: float) -> Image.Image:
@@ -53,7 +134,7 @@ def load_image(path: str, resize: int = 256, crop: int = 224, aug=None,
                data: Optional[bytes] = None) -> np.ndarray:
     """-> (crop, crop, 3) float32, ImageNet-normalised. `aug`: (degrees, dx, dy) or None,
     applied to the original image before resizing. `data`: encoded bytes instead of the file."""
-    img = _open(path, "RGB", data)
+    img = open_image(path, "RGB", data)
     if aug is not None:
         img = augment(img, *aug)
     img = _resize_crop(img, resize, crop)
@@ -76,14 +157,13 @@ def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
     """
     if path is None:
         return np.zeros((crop, crop), bool)
-    mask = _open(path, "L", data)
+    mask = open_image(path, "mask", data)
     if image_path is not None:
-        with Image.open(image_path) as img:
-            if img.size != mask.size:
-                raise ValueError(f"mask {path!r} is {mask.size[0]}x{mask.size[1]} but its image "
-                                 f"{image_path!r} is {img.size[0]}x{img.size[1]}; masks must "
-                                 "have the image's size")
-    mask = Image.fromarray(((np.asarray(mask) > 0) * 255).astype(np.uint8))
+        size = image_size(image_path)  # both as `open_image` turns them upright
+        if size != mask.size:
+            raise ValueError(f"mask {path!r} is {mask.size[0]}x{mask.size[1]} but its image "
+                             f"{image_path!r} is {size[0]}x{size[1]}; masks must "
+                             "have the image's size")
     return np.asarray(_resize_crop(mask, resize, crop)) == 255
 
 

@@ -1,5 +1,7 @@
 """What a dataset reader yields: one category's clean training and test samples, by file."""
 import dataclasses
+import hashlib
+import os
 from typing import List, Optional, Tuple
 
 
@@ -19,6 +21,28 @@ class Sample:
     @property
     def has_mask(self) -> bool:
         return self.mask_path is not None or self.mask_bytes is not None
+
+    def stamp(self, mask: bool = True) -> str:
+        """What identifies this sample's content: its name, augmentation, and each file's path,
+        size and modification time (or a hash of stored bytes); `mask=False` leaves the mask out.
+        An image replaced in place changes the stamp, so nothing computed from the old one is
+        reused."""
+        parts = [self.name, repr(self.augment), _content(self.path, self.image_bytes)]
+        if mask:
+            parts.append(_content(self.mask_path, self.mask_bytes))
+        return "|".join(parts)
+
+
+def _content(path: Optional[str], data: Optional[bytes]) -> str:
+    if data is not None:
+        return "sha1:" + hashlib.sha1(data).hexdigest()
+    if path is None:
+        return "-"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}:missing"
+    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
 @dataclasses.dataclass(frozen=True)

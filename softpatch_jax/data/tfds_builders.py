@@ -16,9 +16,8 @@ from typing import List
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from softpatch_jax.data import mvtec
+from softpatch_jax.data import mvtec, preprocess
 from softpatch_jax.data.samples import Category, Sample
 
 MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",
@@ -56,11 +55,10 @@ class _AnomalyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, samples: List[Sample]):
         for s in samples:
-            with Image.open(s.path) as img:
-                rgb = np.asarray(img.convert("RGB"))
+            # Read as the folder readers do (EXIF orientation, 16-bit scaling, masks non-zero).
+            rgb = np.asarray(preprocess.open_image(s.path, "RGB"))
             if s.mask_path:
-                with Image.open(s.mask_path) as m:
-                    mask = np.asarray(m.convert("L"))[..., None]
+                mask = np.asarray(preprocess.open_image(s.mask_path, "mask"))[..., None]
             else:
                 mask = np.zeros(rgb.shape[:2] + (1,), np.uint8)
             yield s.name, dict(image=rgb, mask=mask, has_mask=s.mask_path is not None,

@@ -2,7 +2,8 @@
 
 The folder is keyed by everything that changes a feature (backbone, its weights file's hash or the
 random seed, taps, dtype, embedding size, patch size, resize, crop); a file inside by the image's
-path and name and its augmentation. A changed config therefore never reads stale features, and an
+path, name, size and modification time (or its bytes) and its augmentation (`Sample.stamp`). A
+changed config or an image replaced in place therefore never reads stale features, and an
 interrupted extraction keeps what it finished (each file is written atomically).
 """
 import hashlib
@@ -10,6 +11,8 @@ import os
 from typing import Sequence
 
 import numpy as np
+
+import softpatch_jax
 
 from softpatch_jax.features.backbones import convert, resolve_weights
 from softpatch_jax.features.types import Features, FeatureSpec
@@ -27,13 +30,13 @@ def config_key(model_config, data_config, spec: FeatureSpec, seed: int) -> str:
                   padim=(spec.padim_dim, seed) if spec.padim_dim else None,
                   dtype=model_config.dtype, embed_dim=model_config.embed_dim,
                   patch_size=model_config.patch_size, resize=data_config.resize,
-                  image_size=data_config.image_size, version=convert.CONVERSION_VERSION)
+                  image_size=data_config.image_size, version=convert.CONVERSION_VERSION,
+                  package=softpatch_jax.__version__)
     return fingerprint(fields)
 
 
 def _sample_key(sample) -> str:
-    ident = f"{sample.path}|{sample.name}|{sample.augment}"
-    return hashlib.sha1(ident.encode()).hexdigest()
+    return hashlib.sha1(sample.stamp(mask=False).encode()).hexdigest()
 
 
 class FeatureCache:

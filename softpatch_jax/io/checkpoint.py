@@ -17,10 +17,6 @@ import orbax.checkpoint as ocp
 from softpatch_jax.features.backbones import convert
 
 
-def checkpoint_dir(workdir: str, category: str) -> str:
-    return os.path.abspath(os.path.join(workdir, "checkpoints", category))
-
-
 def _manager(path: str, create: bool) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(path, item_names=("bank", "meta"),
                                  options=ocp.CheckpointManagerOptions(max_to_keep=1,

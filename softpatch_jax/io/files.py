@@ -1,8 +1,11 @@
-"""Files that are complete or absent: atomic writes, and the fingerprint of what a file depends on."""
+"""Files that are complete or absent: atomic writes, folders replaced whole, valid JSON, and the
+fingerprint of what a file depends on."""
 import contextlib
 import hashlib
 import json
+import math
 import os
+import shutil
 
 
 @contextlib.contextmanager
@@ -20,12 +23,61 @@ def atomic_path(path: str):
             os.remove(tmp)
 
 
+def json_safe(obj):
+    """`obj` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy scalars
+        return json_safe(obj.item())
+    return obj
+
+
 def write_json(path: str, obj) -> None:
-    """Writes `obj` as indented JSON with sorted keys, atomically."""
+    """Writes `obj` as indented JSON with sorted keys, atomically; NaN becomes null."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        json.dump(json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
 
 
 def fingerprint(fields: dict, length: int = 20) -> str:
     """Hex digest of JSON-serialisable `fields` (key order does not matter)."""
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Moves folder `src` onto `dst`, replacing what is there. Each step is a rename, so `dst` is
+    at every moment either the old folder, absent, or the new one; never a mix of both."""
+    if os.path.lexists(dst):
+        old = os.path.join(os.path.dirname(dst), f".old-{os.path.basename(dst)}-{os.getpid()}")
+        _remove(old)
+        os.rename(dst, old)
+        os.rename(src, dst)
+        _remove(old)
+    else:
+        os.rename(src, dst)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def staged_dir(final: str, staging_root: str = ""):
+    """Yields an empty folder (in `staging_root`, default beside `final`); when the block
+    succeeds it replaces `final` whole, otherwise it is removed and `final` is untouched."""
+    name = f".staging-{os.path.basename(final)}-{os.getpid()}"
+    tmp = os.path.join(staging_root or os.path.dirname(final), name)
+    _remove(tmp)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        replace_dir(tmp, final)
+    finally:
+        _remove(tmp)

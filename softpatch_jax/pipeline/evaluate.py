@@ -21,20 +21,9 @@ from softpatch_jax.data import noise, preprocess
 from softpatch_jax.evaluation import metrics
 from softpatch_jax.features.extractor import make_extractor
 from softpatch_jax.io import checkpoint, report
-from softpatch_jax.io.files import write_json
+from softpatch_jax.io.files import json_safe, write_json
+from softpatch_jax.pipeline import provenance, rundir, validation
 from softpatch_jax.settings import comma_list
-
-
-def validate(config) -> methods.Method:
-    """Fails fast, with one line naming the field, on impossible settings -> the method."""
-    d = config.data
-    if d.image_size > d.resize:
-        raise ValueError(f"data.image_size={d.image_size} exceeds data.resize={d.resize}; the "
-                         "centre crop must fit the resized image")
-    noise.resolve_mode(config.noise.mode, config.noise.overlap)
-    if config.noise.ratio < 0:
-        raise ValueError(f"noise.ratio={config.noise.ratio} must be >= 0")
-    return methods.from_config(config)
 
 
 def extractor_for(config, method: methods.Method):
@@ -45,8 +34,9 @@ def extractor_for(config, method: methods.Method):
 
 def noise_file_list(spec: str):
     """noise.files: a comma list of sample names, or the path of a text file with one per line."""
-    if spec and os.path.isfile(spec):
-        with open(spec) as f:
+    path = validation.noise_list_file(spec)
+    if path:
+        with open(path) as f:
             return [line.strip() for line in f if line.strip()]
     return comma_list(spec)
 
@@ -64,10 +54,10 @@ def prepare_split(config, category: str) -> noise.NoisySplit:
                               noise_file_list(config.noise.files), config.noise.fold)
 
 
-def record_noise(split: noise.NoisySplit, directory: str, category: str) -> None:
-    with open(os.path.join(directory, f"noise_{category}.txt"), "w") as f:
+def record_noise(split: noise.NoisySplit, directory: str) -> None:
+    with open(os.path.join(directory, "noise.txt"), "w") as f:
         f.writelines(s.name + "\n" for s in split.injected)
-    write_json(os.path.join(directory, f"noise_{category}.json"), noise.describe(split))
+    write_json(os.path.join(directory, "noise.json"), noise.describe(split))
 
 
 def write_scores(path: str, samples, image_scores) -> None:
@@ -118,7 +108,8 @@ def score_category(method: methods.Method, fitted: Fitted, samples, data_config,
 
 
 def category_metrics(split: noise.NoisySplit, scores: methods.Scores, masks=None) -> Dict:
-    """Image metrics, and pixel metrics against `masks` ((T, S, S), None without masks)."""
+    """Image metrics, and pixel metrics against `masks` ((T, S, S), None without masks); a
+    metric that a single-class test set leaves undefined is None, with a `note` saying why."""
     labels = np.array([s.label for s in split.test])
     result = {
         "image_auroc": metrics.auroc(labels, scores.image),
@@ -133,7 +124,10 @@ def category_metrics(split: noise.NoisySplit, scores: methods.Scores, masks=None
     if masks is not None:
         result["pixel_auroc"] = metrics.pixel_auroc(masks, scores.maps())
         result["aupro"] = metrics.aupro(masks, scores.maps(), max_fpr=0.3)
-    return result
+    note = validation.single_class_note(split)
+    if note:
+        result["note"] = note
+    return json_safe(result)
 
 
 def load_masks(samples, data_config) -> np.ndarray:
@@ -142,54 +136,79 @@ def load_masks(samples, data_config) -> np.ndarray:
                      for s in samples])
 
 
-def evaluate_category(config, category: str, extractor, workdir: str, overlay_path: str = "",
-                      save_checkpoint: bool = True, method: methods.Method = None) -> Dict:
-    """Fits and scores one category. `extractor`: an Embedder or a FeatureCache around one.
-    `overlay_path`: if set, a PNG of anomaly-map overlays of a few test images is written."""
+def evaluate_category(config, category: str, extractor, out_dir: str, train_dir: str,
+                      overlay: bool = False, save_checkpoint: bool = True,
+                      method: methods.Method = None, split: noise.NoisySplit = None) -> Dict:
+    """Fits and scores one category, writing its files to `out_dir` (noise.txt, noise.json,
+    scores.csv, checkpoint/, overlay.png); `train_dir`: where a method that trains keeps its
+    resumable state. `extractor`: an Embedder or a FeatureCache around one. `split`: the
+    prepared split (prepared here if None). -> the category's result."""
     method = method or methods.from_config(config)
-    split = prepare_split(config, category)
-    record_noise(split, workdir, category)
+    split = split or prepare_split(config, category)
     method.check(len(split.train))
+    record_noise(split, out_dir)
     d = config.data
     fitted = fit_category(method, split, extractor, d, category_key(config.seed, category),
-                          os.path.join(workdir, method.name, category), category)
+                          train_dir, category)
     t_score = time.time()
     if save_checkpoint:
-        checkpoint.save_model(checkpoint.checkpoint_dir(workdir, category),
-                              fitted.state.to_arrays(), config.to_dict(),
-                              extractor.grid(d.image_size))
+        checkpoint.save_model(os.path.join(out_dir, "checkpoint"), fitted.state.to_arrays(),
+                              config.to_dict(), extractor.grid(d.image_size))
     scores = score_category(method, fitted, split.test, d, f"{category}: test features")
-    write_scores(os.path.join(workdir, f"scores_{category}.csv"), split.test, scores.image)
+    write_scores(os.path.join(out_dir, "scores.csv"), split.test, scores.image)
     has_masks = any(s.has_mask for s in split.test)
-    masks = load_masks(split.test, d) if has_masks or overlay_path else None  # read once
+    masks = load_masks(split.test, d) if has_masks or overlay else None  # read once
     result = category_metrics(split, scores, masks if has_masks else None)
     result.update(method.summary(fitted.state))
-    if overlay_path:
+    if overlay:
         from softpatch_jax.io import plots
 
-        plots.overlays(split.test, scores.maps(), masks, d.resize,
-                       d.image_size, overlay_path, f"{category}: {method.name} ({method.label})")
+        plots.overlays(split.test, scores.maps(), masks, d.resize, d.image_size,
+                       os.path.join(out_dir, "overlay.png"),
+                       f"{category}: {method.name} ({method.label})")
     result.update(fitted.seconds, seconds_predict=round(time.time() - t_score, 2))
     return result
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Dict]:
-    method = validate(config)
-    os.makedirs(workdir, exist_ok=True)
+def run_title(config, method: methods.Method) -> str:
+    return (f"{config.data.name}: {method.name} ({method.label}), noise={config.noise.ratio} "
+            f"({noise.resolve_mode(config.noise.mode, config.noise.overlap)}), "
+            f"{config.model.backbone}")
+
+
+def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> Dict[str, Dict]:
+    """Fits and evaluates every selected category into `workdir` (see `rundir.RunDir`).
+
+    Everything that can be checked is checked first (config, workdir, every category's files);
+    each category's files then appear together when it succeeds, and metrics.json/results.md
+    always describe exactly the categories on disk."""
+    method = validation.check_config(config)
+    validation.check_workdir(workdir)
     categories = data.category_names(config.data.name, config.data.root, config.data.category,
                                      config.data.source)
-    extractor = extractor_for(config, method)
-    title = (f"{config.data.name}: {method.name} ({method.label}), "
-             f"noise={config.noise.ratio} "
-             f"({noise.resolve_mode(config.noise.mode, config.noise.overlap)}), "
-             f"{config.model.backbone}")
-    results: Dict[str, Dict] = {}
-    for category in tqdm(categories, desc="categories", disable=len(categories) < 2):
-        start = time.time()
-        results[category] = evaluate_category(config, category, extractor, workdir,
-                                              method=method)
-        results[category]["seconds"] = round(time.time() - start, 2)
-        logging.info("%s: %s", category, results[category])
-        report.write_results(workdir, results, config.to_dict(), title)  # results as they go
+    splits = {}
+    for category in categories:  # every category's data, before any compute
+        splits[category] = prepare_split(config, category)
+        method.check(len(splits[category].train))
+        validation.check_split(splits[category], category)
+    records = {c: provenance.record(config, s.train + s.test) for c, s in splits.items()}
+    run = rundir.RunDir(workdir)
+    stale = run.conflicts(next(iter(records.values())), categories, overwrite)
+    title = run_title(config, method)
+    with run.transaction():
+        extractor = extractor_for(config, method)
+        for category in tqdm(categories, desc="categories", disable=len(categories) < 2):
+            start = time.time()
+            with run.stage(category) as out:
+                result = evaluate_category(config, category, extractor, out,
+                                           os.path.join(workdir, method.name, category),
+                                           method=method, split=splits[category])
+                result["seconds"] = round(time.time() - start, 2)
+                write_json(os.path.join(out, "result.json"), {**result, **records[category]})
+            run.remove(stale)  # results of another config go with the first new category
+            stale = []
+            logging.info("%s: %s", category, result)
+            report.write_results(workdir, run.results(), config.to_dict(), title)
+    results = run.results()
     print(report.markdown_table(results, title))
     return results

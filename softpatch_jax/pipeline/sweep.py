@@ -1,8 +1,11 @@
 """Sweeps: noise ratio x method entry x mode x category, resumable (driver: experiments/sweep.py).
 
 Features are extracted once per (backbone, image size, ...) into DIR/features/<key>/ and shared by
-every point. Each finished point is written at once to DIR/points/.../result.json; a rerun skips
-finished points, so a killed sweep loses only the point in flight. After every point the aggregate
+every point (a file per image, keyed by its content stamp). Each point is computed in a staging
+folder and moved whole to DIR/points/.../ (result.json with the metrics and the provenance,
+noise.txt, noise.json, scores.csv, overlay.png); a rerun skips finished points of the same config
+and data, so a killed sweep loses only the point in flight, and refuses (or with `overwrite`
+recomputes) points of another config or data. After every point the aggregate
 tables (DIR/results.csv, DIR/results.md, DIR/metrics.json) and the curves (DIR/auroc_vs_noise.png)
 are rewritten from every finished point in DIR, so sweeps run one after another into one DIR (one
 per noise mode, say) share one table.
@@ -12,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import time
 
 from tqdm.auto import tqdm
@@ -19,8 +23,8 @@ from tqdm.auto import tqdm
 from softpatch_jax import data, methods
 from softpatch_jax.features.cache import FeatureCache, config_key
 from softpatch_jax.io import plots, report
-from softpatch_jax.io.files import write_json
-from softpatch_jax.pipeline import evaluate
+from softpatch_jax.io.files import fingerprint, staged_dir, write_json
+from softpatch_jax.pipeline import evaluate, provenance, validation
 from softpatch_jax.settings import comma_list
 
 
@@ -29,7 +33,14 @@ def points(config):
     a SoftPatch discriminator (`methods.sweep_overrides`)."""
     cats = data.category_names(config.data.name, config.data.root, config.data.category,
                                config.data.source)
-    ratios = [float(r) for r in comma_list(config.sweep.ratios)]
+    try:
+        ratios = [float(r) for r in comma_list(config.sweep.ratios)]
+    except ValueError:
+        raise ValueError(f"sweep.ratios={config.sweep.ratios!r} must be a comma list of numbers, "
+                         "e.g. 0,0.05,0.1") from None
+    for field in ("ratios", "modes", "discriminators"):
+        if not comma_list(config.sweep[field]):
+            raise ValueError(f"sweep.{field} is empty; give a comma list")
     return list(itertools.product(cats, comma_list(config.sweep.modes), ratios,
                                   comma_list(config.sweep.discriminators)))
 
@@ -85,33 +96,86 @@ def aggregate(workdir, rows):
     plots.sweep_curves(list(merged.values()), os.path.join(workdir, "auroc_vs_noise.png"))
 
 
+# The fields points of one sweep differ in; the rest of their configs must agree.
+POINT_FIELDS = ("noise.mode", "noise.ratio", "model.method", "model.discriminator")
+PROVENANCE = ("config", "config_fingerprint", "data_fingerprint", "version")
+
+
+def _base(record: dict) -> dict:
+    """A point's provenance without the fields that vary across the points of a sweep."""
+    config = {k: v for k, v in (record.get("config") or {}).items() if k not in POINT_FIELDS}
+    return {"config": config, "version": record.get("version"),
+            "config_fingerprint": fingerprint(config)}
+
+
+def _read(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def finished_points(workdir):
     """Every finished point under DIR/points, also those of earlier sweeps into the same DIR
-    (e.g. one per noise mode), in a stable order."""
+    (e.g. one per noise mode), in a stable order, without their provenance."""
     rows = []
     for root, _, files in sorted(os.walk(os.path.join(workdir, "points"))):
-        if "result.json" in files:
-            with open(os.path.join(root, "result.json")) as f:
-                rows.append(json.load(f))
+        if "result.json" in files and not os.path.basename(root).startswith("."):
+            row = _read(os.path.join(root, "result.json"))
+            rows.append({k: v for k, v in row.items() if k not in PROVENANCE})
     return sorted(rows, key=lambda r: (r["category"], r["mode"], r["ratio"], r["method"]))
 
 
-def run_sweep(config, workdir):
-    os.makedirs(workdir, exist_ok=True)
-    evaluate.validate(config)
-    todo = points(config)
-    for category, mode, ratio, entry in todo:  # fail fast: every point is possible, before work
-        if not os.path.isfile(point_path(workdir, category, mode, ratio, entry)):
-            pc = point_config(config, mode, ratio, entry)
-            methods.from_config(pc)
-            evaluate.prepare_split(pc, category)
-    extractors = {}  # one per feature kind (patch features; PaDiM's), built on first use
-    rows = []
-    for category, mode, ratio, entry in tqdm(todo, desc="sweep points"):
+def _plan(config, workdir, overwrite):
+    """Checks every point before any work -> (points to compute as (point, config, method,
+    split, record), paths to remove). A finished point of the same config and data is skipped;
+    one of another config or data (or another point in DIR of another base config) refuses
+    the sweep, or with `overwrite` is recomputed (removed)."""
+    validation.check_workdir(workdir)
+    validation.check_config(config)
+    todo, stale, checked, base = [], [], set(), None
+    for point in points(config):
+        category, mode, ratio, entry = point
+        pc = point_config(config, mode, ratio, entry)
+        method = validation.check_config(pc)
+        split = evaluate.prepare_split(pc, category)
+        method.check(len(split.train))
+        if category not in checked:
+            validation.check_split(split, category)
+            checked.add(category)
+        record = provenance.record(pc, split.train + split.test)
+        base = base or _base(record)
         path = point_path(workdir, category, mode, ratio, entry)
-        if not os.path.isfile(path):
-            pc = point_config(config, mode, ratio, entry)
-            method = methods.from_config(pc)
+        if os.path.isfile(path):
+            diff = provenance.differences(_read(path), record)
+            if not diff:
+                continue
+            stale.append((os.path.dirname(path), diff))
+        todo.append((point, pc, method, split, record))
+    mine = {os.path.dirname(point_path(workdir, *p)) for p, *_ in todo}
+    for root, _, files in sorted(os.walk(os.path.join(workdir, "points"))):
+        if "result.json" in files and root not in mine and base is not None:
+            diff = provenance.differences(_base(_read(os.path.join(root, "result.json"))), base)
+            if diff:
+                stale.append((root, diff))
+    if stale and not overwrite:
+        where, diff = stale[0]
+        raise ValueError(f"{len(stale)} finished point(s) in {workdir!r} were computed from "
+                         f"another config or data (e.g. {os.path.relpath(where, workdir)}: "
+                         f"{'; '.join(diff)}); choose another --workdir, or pass --overwrite to "
+                         "recompute")
+    return todo, [p for p, _ in stale if p not in mine]
+
+
+def run_sweep(config, workdir, overwrite: bool = False):
+    todo, stale = _plan(config, workdir, overwrite)
+    os.makedirs(workdir, exist_ok=True)
+    for path in stale:
+        logging.warning("removing %s (a point of another config; --overwrite)", path)
+        shutil.rmtree(path)
+    staging = os.path.join(workdir, f".staging-{os.getpid()}")
+    extractors = {}  # one per feature kind (patch features; PaDiM's), built on first use
+    try:
+        for (category, mode, ratio, entry), pc, method, split, record in tqdm(
+                todo, desc="sweep points"):
             key = config_key(pc.model, pc.data, method.features, pc.seed)
             if key not in extractors:
                 extractors[key] = evaluate.extractor_for(pc, method)
@@ -119,19 +183,24 @@ def run_sweep(config, workdir):
             if method.cacheable_features:
                 extractor = FeatureCache(extractor,
                                          os.path.join(workdir, "features", key, category))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            overlay = os.path.join(os.path.dirname(path), "overlay.png") \
-                if config.sweep.overlays else ""
+            folder = os.path.dirname(point_path(workdir, category, mode, ratio, entry))
+            rel = os.path.relpath(folder, os.path.join(workdir, "points"))
             start = time.time()
-            result = evaluate.evaluate_category(pc, category, extractor, os.path.dirname(path),
-                                                overlay, save_checkpoint=False, method=method)
-            result.update(category=category, mode=mode, ratio=ratio, method=entry,
-                          seconds=round(time.time() - start, 2))
-            write_json(path, result)  # atomic: a killed point leaves nothing behind
-            logging.info("point %s: %s", path, result)
-        with open(path) as f:
-            rows.append(json.load(f))
-        aggregate(workdir, finished_points(workdir))
-    with open(os.path.join(workdir, "results.md")) as f:
-        print(f.read())
+            with staged_dir(folder, staging) as out:  # a killed point leaves nothing behind
+                result = evaluate.evaluate_category(
+                    pc, category, extractor, out, os.path.join(workdir, method.name, rel),
+                    bool(config.sweep.overlays), save_checkpoint=False, method=method,
+                    split=split)
+                result.update(category=category, mode=mode, ratio=ratio, method=entry,
+                              seconds=round(time.time() - start, 2))
+                write_json(os.path.join(out, "result.json"), {**result, **record})
+            logging.info("point %s: %s", rel, result)
+            aggregate(workdir, finished_points(workdir))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    rows = finished_points(workdir)
+    if rows:
+        aggregate(workdir, rows)
+        with open(os.path.join(workdir, "results.md")) as f:
+            print(f.read())
     return rows

@@ -107,8 +107,19 @@ def test_noise_counts_overlap_and_reproducibility(mvtec_root):
 
 def test_noise_ratio_beyond_the_anomalies_is_an_error(mvtec_root):
     with pytest.raises(ValueError, match=r"noise.ratio=0.9 needs 10 anomalous images but "
-                                         r"category 'widget' has only 8.*overlap_repeat"):
+                                         r"category 'widget' can give only 8.*overlap_repeat"):
         noise.inject_noise(_category(mvtec_root), 0.9, "overlap", 0)
+
+
+def test_no_overlap_keeps_an_anomaly_to_test_and_its_suggestion_is_valid(mvtec_root):
+    import re
+
+    cat = _category(mvtec_root)  # 12 training images, 8 anomalies
+    with pytest.raises(ValueError, match="can give only 7") as err:
+        noise.inject_noise(cat, 8 / 12, "no_overlap", 0)  # would move every anomaly out
+    ratio = float(re.search(r"at most ([0-9.]+)", str(err.value)).group(1))
+    split = noise.inject_noise(cat, ratio, "no_overlap", 0)
+    assert len(split.injected) == 7 and sum(s.label for s in split.test) == 1
 
 
 def test_explicit_noise_files(mvtec_root):

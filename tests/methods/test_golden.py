@@ -14,7 +14,7 @@ import pytest
 
 from softpatch_jax import methods
 from softpatch_jax.features.types import Features
-from softpatch_jax.pipeline import evaluate
+from softpatch_jax.pipeline import evaluate, validation
 
 from conftest import REPO, load_config
 
@@ -80,7 +80,7 @@ def test_pipeline_on_generated_category_as_before(golden, mvtec_root, tmp_path, 
     c.model.method, c.model.lof_k = name.split("_lof")[0], 5
     c.fyd.epochs, c.fyd.batch_size = 2, 4
     c.runtime.cache_dir = cache_dir
-    method = evaluate.validate(c)
+    method = validation.check_config(c)
     split = evaluate.prepare_split(c, "widget")
     extractor = evaluate.extractor_for(c, method)
     fitted = evaluate.fit_category(method, split, extractor, c.data,

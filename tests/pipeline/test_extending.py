@@ -94,8 +94,8 @@ def test_toy_method_and_discriminator_run_everywhere(mvtec_root, tmp_path, cache
         workdir = str(tmp_path / entry)
         result = evaluate.train_and_evaluate(run, workdir)["widget"]
         assert result["image_auroc"] == by_entry[entry]["image_auroc"]
-        fitted = _scores_csv(os.path.join(workdir, "scores_widget.csv"))
+        fitted = _scores_csv(os.path.join(workdir, "categories", "widget", "scores.csv"))
         names = sorted(fitted)[:3]
         images = [os.path.join(mvtec_root, "widget", n) for n in names]
-        scores = predict.predict_images(workdir, images, write_maps=False)["widget"]
+        _, scores = predict.predict_images(workdir, images, write_maps=False)["widget"]
         np.testing.assert_allclose(scores, [fitted[n] for n in names], rtol=1e-5)

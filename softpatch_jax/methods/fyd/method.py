@@ -1,6 +1,5 @@
 """The FYD method: spatial transformers trained on the training images (`prepare`), then PaDiM on
 the aligned maps, scored in the aligned frame and warped back to the input frame."""
-import os
 from typing import Any, Dict
 
 import flax.struct

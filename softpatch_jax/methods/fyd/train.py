@@ -141,7 +141,7 @@ def train(f: Options, samples: Sequence, embedder, directory: str, key: jax.Arra
 
     stamp_value = fingerprint(dict(fyd=dataclasses.asdict(f), identity=identity or {},
                                    resize=resize, image_size=image_size, state=STATE_VERSION,
-                                   images=[s.name + str(s.augment) for s in samples]))
+                                   images=[s.stamp(mask=False) for s in samples]))
     directory = os.path.abspath(directory)
     stamp = os.path.join(directory, "fingerprint.txt")
     if os.path.isdir(directory) and (not os.path.isfile(stamp) or

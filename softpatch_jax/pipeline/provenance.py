@@ -1,0 +1,62 @@
+"""What a result was computed from, stored with it so that a result is never reported for another
+config or other data: the resolved config (minus the fields that cannot change a result), a
+fingerprint of the category's files (each one's path, size and modification time, `Sample.stamp`)
+and the package version.
+"""
+from typing import Dict, List, Sequence
+
+import softpatch_jax
+from softpatch_jax.io.files import fingerprint
+
+# Where files go and how the work is spread: never part of a result. (data.category selects
+# which results to compute; each result is stored under its category's name.)
+NON_RESULT_FIELDS = ("runtime.cache_dir", "runtime.distributed", "sweep.overlays",
+                     "data.category")
+
+
+def flatten(tree: dict, prefix: str = "") -> Dict[str, object]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def result_config(config, drop: Sequence[str] = ()) -> Dict[str, object]:
+    """The flat config fields a result depends on (`drop`: more fields to leave out)."""
+    flat = flatten(config.to_dict() if hasattr(config, "to_dict") else config)
+    return {k: v for k, v in flat.items()
+            if k not in NON_RESULT_FIELDS and k not in drop}
+
+
+def data_fingerprint(samples: Sequence) -> str:
+    """Fingerprint of the samples' files (images and masks) and of their order."""
+    return fingerprint({"samples": [s.stamp() for s in samples]})
+
+
+def record(config, samples: Sequence) -> dict:
+    """The provenance stored with a result computed by `config` on `samples`."""
+    fields = result_config(config)
+    return {"config_fingerprint": fingerprint(fields), "data_fingerprint": data_fingerprint(samples),
+            "version": softpatch_jax.__version__, "config": fields}
+
+
+def differences(stored: dict, current: dict, limit: int = 3) -> List[str]:
+    """Readable differences between two records (empty when they agree)."""
+    out = []
+    if stored.get("version") != current.get("version"):
+        out.append(f"package version {stored.get('version')} -> {current.get('version')}")
+    a, b = stored.get("config") or {}, current.get("config") or {}
+    fields = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    out += [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in fields[:limit]]
+    if len(fields) > limit:
+        out.append(f"{len(fields) - limit} more fields")
+    if not out and stored.get("config_fingerprint") != current.get("config_fingerprint"):
+        out.append("the config")
+    if "data_fingerprint" in current and stored.get("data_fingerprint") != current[
+            "data_fingerprint"]:
+        out.append("the images or masks (added, removed or modified files)")
+    return out

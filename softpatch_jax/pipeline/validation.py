@@ -1,0 +1,135 @@
+"""Everything that can be checked before any compute, with one line that names the field or path
+and the fix: the config (one check per section, then the method's own), the workdir, and each
+category's files (readable regular files, masks present and of their image's size).
+"""
+import logging
+import math
+import os
+import stat
+
+from softpatch_jax import data, methods
+from softpatch_jax.data import noise
+from softpatch_jax.data.mvtec import IMAGE_EXTS
+from softpatch_jax.features import backbones
+from softpatch_jax.settings import comma_list
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def check_data(d) -> None:
+    _require(d.name in data.DATASETS, f"data.name={d.name!r} is unknown; choose one of "
+             f"{', '.join(data.DATASETS)}")
+    _require(d.source in ("folder", "tfds"),
+             f"data.source={d.source!r} is unknown; choose folder or tfds")
+    for field in ("resize", "image_size", "batch_size"):
+        _require(d[field] >= 1, f"data.{field}={d[field]} must be at least 1")
+    _require(d.image_size <= d.resize, f"data.image_size={d.image_size} exceeds "
+             f"data.resize={d.resize}; the centre crop must fit the resized image")
+    _require(d.max_train >= 0, f"data.max_train={d.max_train} must be >= 0 (0 = all)")
+    _require(d.max_test == 0 or d.max_test >= 2, f"data.max_test={d.max_test} must be 0 (all) "
+             "or at least 2 (a normal and an anomalous image)")
+    _require(0.0 < d.train_fraction < 1.0,
+             f"data.train_fraction={d.train_fraction} must lie in (0, 1)")
+
+
+def noise_list_file(spec: str) -> str:
+    """The list file noise.files names, or '' when it is a comma list of sample names: a single
+    entry that is not an image name is a list file, and must exist."""
+    items = comma_list(spec)
+    if len(items) != 1 or items[0].lower().endswith(IMAGE_EXTS):
+        return ""
+    path = items[0]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"noise.files={spec!r} is neither a file nor a list of image "
+                                "names; give the path of a text file with one test image name "
+                                "per line, or a comma list like test/bent_lead/002.png")
+    return path
+
+
+def check_noise(n) -> None:
+    _require(math.isfinite(n.ratio) and n.ratio >= 0, f"noise.ratio={n.ratio} must be >= 0")
+    noise.resolve_mode(n.mode, n.overlap)
+    _require(n.fold >= 0, f"noise.fold={n.fold} must be >= 0")
+    noise_list_file(n.files)
+
+
+def check_model(m) -> None:
+    backbones.check_weights(m.backbone, m.weights)
+
+
+def check_runtime(r) -> None:
+    _require(r.memory_budget_mb > 0, f"runtime.memory_budget_mb={r.memory_budget_mb} must be > 0")
+
+
+def check_config(config) -> methods.Method:
+    """Checks every section of a run config -> the method it selects."""
+    check_data(config.data)
+    check_noise(config.noise)
+    check_model(config.model)
+    check_runtime(config.runtime)
+    return methods.from_config(config)
+
+
+def check_workdir(workdir: str) -> None:
+    """The workdir is (or can be made) a writable folder; nothing is created here."""
+    if not workdir:
+        raise ValueError("--workdir is empty; give the folder for the run's files")
+    path = os.path.abspath(workdir)
+    probe = path
+    while not os.path.lexists(probe):  # the deepest part that exists must be a writable folder
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = "--workdir" if probe == path else f"{probe!r} (a parent of --workdir)"
+        raise ValueError(f"{what} is a file, not a folder; choose another --workdir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to {probe!r}; choose a writable --workdir")
+
+
+def _regular(path: str, what: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path!r} does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{what} {path!r} is not a regular file; remove it or replace it "
+                         "with an image")
+
+
+def check_split(split: noise.NoisySplit, category: str) -> None:
+    """Every image and mask of a split is a readable image file and every mask has its image's
+    size (headers only: fast). Warns when the test set has a single class."""
+    from softpatch_jax.data import preprocess
+
+    seen = set()
+    for s in split.train + split.test:
+        if s.name in seen:
+            continue
+        seen.add(s.name)
+        if s.image_bytes is None:
+            _regular(s.path, "image")
+        size = preprocess.image_size(s.path, s.image_bytes)
+        if s.has_mask:
+            if s.mask_bytes is None:
+                _regular(s.mask_path, "mask")
+            mask_size = preprocess.image_size(s.mask_path or s.path + ":mask", s.mask_bytes)
+            if mask_size != size:
+                raise ValueError(f"mask {s.mask_path or s.name!r} is {mask_size[0]}x"
+                                 f"{mask_size[1]} but its image {s.path!r} is {size[0]}x"
+                                 f"{size[1]}; masks must have the image's size")
+    labels = {s.label for s in split.test}
+    if len(labels) < 2:
+        logging.warning("category %s: the test set has only %s images; image AUROC and F1 are "
+                        "undefined (null in metrics.json)", category,
+                        "anomalous" if labels == {1} else "normal")
+
+
+def single_class_note(split: noise.NoisySplit) -> str:
+    labels = {s.label for s in split.test}
+    if len(labels) == 2:
+        return ""
+    kind = "anomalous" if labels == {1} else "normal"
+    return (f"the test set has only {kind} images, so image AUROC and F1 are undefined (null); "
+            "add test images of the other class")
