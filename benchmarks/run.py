@@ -1,6 +1,7 @@
 """Ours against the reference implementations, stage by stage, on identical inputs.
 
-python -m benchmarks.run [--quick] [--stages lof,coreset,knn,matmul,btad,e2e]
+python -m benchmarks.run [--quick]
+    [--stages lof,coreset,coreset_real,knn,knn_real,matmul,btad,e2e]
 
 For each stage: median time of several runs after a warm-up (the warm-up, which includes JIT
 compilation, is reported separately), peak resident memory of a fresh process running only that
@@ -20,6 +21,7 @@ import time
 
 import numpy as np
 
+from benchmarks import real_features
 from softpatch_jax.settings import comma_list
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +30,9 @@ SIZES = {  # quick / full problem sizes, as on MVTec transistor at 224 px (784 p
     "coreset": {"quick": dict(n=20000, m=500, d=128), "full": dict(n=183456, m=2000, d=128)},
     "knn": {"quick": dict(n=7840, m=4000, d=1024), "full": dict(n=78400, m=18345, d=1024)},
 }
+
+REAL_PICKS = {"quick": 1000, "full": 4000}  # coreset picks on the real transistor patches
+PAIRED = ("coreset", "coreset_real", "knn", "knn_real")  # stages with an exact pruned path
 
 
 def timed(fn, repeats):
@@ -72,24 +77,39 @@ def run_impl(stage, impl, size, repeats):
             def fn():
                 return np.stack([-LocalOutlierFactor(n_neighbors=6).fit(x)
                                  .negative_outlier_factor_ for x in g])
-    elif stage == "coreset":
-        x, w = data(stage, size)
-        m = SIZES[stage][size]["m"]
+    elif stage in ("coreset", "coreset_real"):
+        if stage == "coreset":
+            x, w = data(stage, size)
+            m = SIZES[stage][size]["m"]
+        else:  # real projected patch features; SoftPatch-like weights (15 % excluded)
+            x = real_features.transistor(size == "quick")[1]
+            w = (np.random.default_rng(0).random(len(x)) > 0.15).astype(np.float32)
+            m = REAL_PICKS[size]
         import jax
 
         from softpatch_jax.ops import coreset
         key = jax.random.PRNGKey(0)
         starts = coreset.start_indices(key, len(x))
-        if impl == "ours":
-            fn = lambda: coreset.greedy_coreset(x, m, key, w, block=500)  # noqa: E731
+        if impl in ("ours", "dense"):
+            fn = lambda: coreset.greedy_coreset(x, m, key, w, block=500,  # noqa: E731
+                                                pruning=impl == "ours")
         else:
             from benchmarks.reference_torch import weighted_greedy_coreset
             fn = lambda: weighted_greedy_coreset(x, w, m, starts)  # noqa: E731
-    elif stage == "knn":
-        q, bank = data(stage, size)
-        if impl == "ours":
+    elif stage in ("knn", "knn_real"):
+        if stage == "knn":
+            q, bank = data(stage, size)
+        else:  # real test-image patches against a bank of real training patches
+            train, _, q = real_features.transistor(size == "quick")
+            m = SIZES["knn"][size]["m"]
+            bank = train[np.random.default_rng(0).choice(len(train), m, replace=False)]
+        if impl in ("ours", "dense"):
             from softpatch_jax.ops import knn
-            fn = lambda: knn.nearest_neighbour(q, bank, budget_mb=1024)  # noqa: E731
+            search = knn.make_search(1024, multi_device=False, pruning=impl == "ours")
+
+            def fn():
+                d, i = search.k_nearest(q, bank, 1)
+                return d[:, 0], i[:, 0]
         else:
             import faiss
             index = faiss.IndexFlatL2(bank.shape[1])
@@ -158,13 +178,13 @@ OFFICIAL_TRANSISTOR = {"fit_s": 480.0, "predict_s": 20.0, "image_auroc": 0.9877}
 def end_to_end(size):
     """SoftPatch-LOF on MVTec transistor with the reference's noisy split, fit and predict through
     the command line in a fresh process (compilation included); quick: 60 train / 40 test images."""
-    root = os.path.join(REPO, "..", "shared", "data", "mvtec_ad")
+    root = real_features.MVTEC_ROOT
     if not os.path.isdir(os.path.join(root, "transistor")):
         print(f"| end to end | skipped: no MVTec transistor at {root} |")
         return
     workdir = os.path.join("/tmp", f"softpatch_bench_e2e_{os.getpid()}")
     caps = ["--config.data.max_train=60", "--config.data.max_test=40"] if size == "quick" else \
-        [f"--config.noise.files={os.path.join(REPO, '..', 'shared', 'docs')}"
+        [f"--config.noise.files={os.path.join(real_features.SHARED, 'docs')}"
          "/transistor_noise0.1_seed0.txt"]
     t = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "softpatch_jax.main", "--config=configs/mvtec.py",
@@ -198,13 +218,13 @@ def child(stage, impl, size, repeats, out_path):
 
 def compare(stage, ours_path, ref_path):
     a, b = np.load(ours_path), np.load(ref_path)
-    if stage == "coreset":
+    if stage.startswith("coreset"):
         if np.array_equal(a, b):
             return "identical indices"
         # Two candidates tied at float32 precision can be picked in swapped order.
         return (f"same index set: {bool(np.array_equal(np.sort(a), np.sort(b)))}, order differs at "
                 f"{int((a != b).sum())} of {a.size} picks")
-    if stage == "knn":
+    if stage.startswith("knn"):
         ia = np.load(ours_path.replace(".npy", "_idx.npy"))
         ib = np.load(ref_path.replace(".npy", "_idx.npy"))
         rel = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-6)))
@@ -218,7 +238,8 @@ def compare(stage, ours_path, ref_path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--stages", default="lof,coreset,knn,matmul,btad,e2e")
+    ap.add_argument("--stages",
+                    default="lof,coreset,coreset_real,knn,knn_real,matmul,btad,e2e")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -229,6 +250,8 @@ def main():
         return
     refs = {"lof": "sklearn LOF per position", "coreset": "PyTorch CPU (official algorithm)",
             "knn": "faiss-cpu IndexFlatL2"}
+    refs.update(coreset_real=refs["coreset"] + ", real features",
+                knn_real=refs["knn"] + ", real features")
     print(f"{size} sizes: {json.dumps(SIZES)}\n")
     print("| stage | ours median s | ours warm-up s | ours peak MB | reference | ref median s "
           "| ref peak MB | speed-up | agreement |")
@@ -248,8 +271,14 @@ def main():
                   f"{r['peak_gflops']:.1f} GFLOP/s | | | | {r['fraction']:.0%} of peak |",
                   flush=True)
             continue
+        if stage.endswith("_real") and real_features.missing_reason():
+            print(f"| {stage} | skipped: {real_features.missing_reason()} |", flush=True)
+            continue
+        if stage.endswith("_real"):
+            real_features.transistor(args.quick)  # extract once, outside the timed children
         stats = {}
-        for impl in ("ours", "ref"):
+        impls = ("ours", "dense", "ref") if stage in PAIRED else ("ours", "ref")
+        for impl in impls:
             path = os.path.join(tmp, f"{stage}_{impl}.npy")
             res = subprocess.run([sys.executable, "-m", "benchmarks.run", "--repeats",
                                   str(args.repeats), "--child", stage, impl, path, "x"]
@@ -262,12 +291,19 @@ def main():
             stats[impl] = json.loads(res.stdout.strip().splitlines()[-1])
         if not (stats.get("ours") and stats.get("ref")):
             continue
-        o, r = stats["ours"], stats["ref"]
-        agree = compare(stage, os.path.join(tmp, f"{stage}_ours.npy"),
-                        os.path.join(tmp, f"{stage}_ref.npy"))
-        print(f"| {stage} | {o['median_s']:.3f} | {o['warmup_s']:.2f} | {o['peak_rss_mb']:.0f} | "
-              f"{refs[stage]} | {r['median_s']:.3f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['median_s'] / o['median_s']:.1f}x | {agree} |", flush=True)
+        r = stats["ref"]
+        for impl in impls[:-1]:
+            o = stats.get(impl)
+            if not o:
+                continue
+            agree = compare(stage, os.path.join(tmp, f"{stage}_{impl}.npy"),
+                            os.path.join(tmp, f"{stage}_ref.npy"))
+            name = stage if stage not in PAIRED else \
+                f"{stage} ({'pruned' if impl == 'ours' else 'dense, exact_pruning=False'})"
+            print(f"| {name} | {o['median_s']:.3f} | {o['warmup_s']:.2f} | "
+                  f"{o['peak_rss_mb']:.0f} | {refs[stage]} | {r['median_s']:.3f} | "
+                  f"{r['peak_rss_mb']:.0f} | {r['median_s'] / o['median_s']:.1f}x | {agree} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.runtime = ml_collections.ConfigDict()
     config.runtime.memory_budget_mb = 1024
     config.runtime.multi_device = True    # >1 device: data-parallel extraction, sharded bank
+    config.runtime.exact_pruning = True   # pruned coreset and 1-NN (same results; False: dense)
     config.runtime.distributed = False    # multi-host: call jax.distributed.initialize()
     config.runtime.cache_dir = ""         # converted weights; '' = ~/.cache/softpatch_jax
     return config

@@ -1,7 +1,7 @@
 """Sweep noise ratio x method x mode x category with one command; resumable.
 
 python -m experiments.sweep --config configs/sweeps/noise.py --workdir DIR [--config.x=...]
-    [--overwrite]
+    [--overwrite] [--shard=i/n]
 
 See softpatch_jax/pipeline/sweep.py for what it writes. A rerun skips the points already computed
 from the same config and data; a point computed from another refuses the run, or with
@@ -20,6 +20,8 @@ flags.DEFINE_string("workdir", None, "Sweep directory (results, cached features,
 config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
 flags.DEFINE_bool("overwrite", False, "Recompute points computed from another config or data "
                   "(without it such a sweep refuses to start).")
+flags.DEFINE_string("shard", "0/1", "i/n: run every n-th point starting at i, so that n "
+                    "processes share one sweep directory (the tables aggregate finished points).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,7 +29,7 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
     logging.getLogger().setLevel(logging.INFO)
-    cli.run_or_exit(run_sweep, FLAGS.config, FLAGS.workdir, FLAGS.overwrite)
+    cli.run_or_exit(run_sweep, FLAGS.config, FLAGS.workdir, FLAGS.overwrite, FLAGS.shard)
 
 
 if __name__ == "__main__":

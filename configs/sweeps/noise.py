@@ -15,4 +15,5 @@ def get_config():
     config.sweep.discriminators = "none,nearest,gaussian,lof"  # or any method name (methods.names())
     config.sweep.modes = "no_overlap"                 # comma list of noise.mode values
     config.sweep.overlays = True                      # anomaly-map overlays per point
+    config.sweep.batch_points = 1                     # points run at once, coresets batched
     return config

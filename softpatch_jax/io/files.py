@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import threading
 
 
 @contextlib.contextmanager
@@ -14,7 +15,7 @@ def atomic_path(path: str):
     like np.save, keep it); moves it onto `path` when the block succeeds, removes it otherwise.
     A reader never sees a half-written file and a killed writer leaves the old one."""
     root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    tmp = f"{root}.tmp{os.getpid()}-{threading.get_ident()}{ext}"  # unique per writer
     try:
         yield tmp
         os.replace(tmp, path)

@@ -110,11 +110,12 @@ def bank_options(config) -> dict:
     if m.reweight_neighbours < 0:
         raise ValueError(f"model.reweight_neighbours={m.reweight_neighbours} must be >= 0")
     budget = runtime.memory_budget_mb
+    exact = bool(runtime.get("exact_pruning", True))  # pruned exact paths (same results)
     return dict(layers=tuple(comma_list(m.layers)), coreset_ratio=m.coreset_ratio,
                 num_nn=m.num_nn, reweight_neighbours=m.reweight_neighbours,
                 image_size=config.data.image_size, blur_sigma=m.blur_sigma, budget_mb=budget,
-                sampler=GreedyCoreset(m.projection_dim, m.num_starts, budget),
-                search=knn.make_search(budget, runtime.get("multi_device", True)))
+                sampler=GreedyCoreset(m.projection_dim, m.num_starts, budget, pruning=exact),
+                search=knn.make_search(budget, runtime.get("multi_device", True), exact))
 
 
 class PatchCore(Method):

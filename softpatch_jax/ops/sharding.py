@@ -26,10 +26,12 @@ def device_mesh(devices=None) -> Mesh:
     return Mesh(devices.reshape(-1), (AXIS,))
 
 
-def maybe_initialize_distributed(enabled: bool) -> None:
-    """runtime.distributed=True: join a multi-host run (coordinator etc. from the environment)."""
+def maybe_initialize_distributed(enabled: bool, **kwargs) -> None:
+    """runtime.distributed=True: join a multi-host run (coordinator etc. from the environment,
+    or `kwargs` of `jax.distributed.initialize`). CPU processes talk through gloo."""
     if enabled:
-        jax.distributed.initialize()
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(**kwargs)
 
 
 def _local_nearest(queries, bank, valid, offset):
@@ -51,23 +53,42 @@ def _sharded_chunk(queries, bank, valid, offsets, mesh):
             jnp.take_along_axis(i, best[None], axis=0)[0])
 
 
-def sharded_nearest_neighbour(queries, bank, mesh: Optional[Mesh] = None,
-                              budget_mb: float = 1024):
-    """Like knn.nearest_neighbour, with the (M, D) bank split over the mesh's devices.
-    -> ((N,) squared distances, (N,) indices into the unsharded bank)."""
-    mesh = mesh or device_mesh()
-    n_dev = mesh.devices.size
-    bank = np.asarray(bank, np.float32)
-    m, dim = bank.shape
-    per = -(-m // n_dev)
-    padded = np.zeros((per * n_dev, dim), np.float32)
-    padded[:m] = bank
-    valid = np.arange(per * n_dev) < m
-    offsets = np.arange(n_dev, dtype=np.int32) * per
+def _place_bank(bank: np.ndarray, mesh: Mesh, local: bool):
+    """The bank as global arrays sharded over the mesh: (padded bank, valid rows, each shard's
+    first global row, rows per shard). `local`: `bank` is only this process's contiguous part
+    (process order gives the global row order), so no process ever holds the whole bank."""
+    n_local = len(mesh.local_devices)
+    if local and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        sizes = np.asarray(multihost_utils.process_allgather(np.array([len(bank)]))).reshape(-1)
+        start = int(sizes[:jax.process_index()].sum())
+        per = -(-int(sizes.max()) // n_local)
+        first = start + np.arange(n_local, dtype=np.int32) * per
+    else:  # every process holds the whole bank; each device takes its slice
+        start, per = 0, -(-len(bank) // mesh.devices.size)
+        first = np.arange(mesh.devices.size, dtype=np.int32) * per
     shard = NamedSharding(mesh, P(AXIS))
-    bank_d = jax.device_put(padded, shard)
-    valid_d = jax.device_put(valid, shard)
-    off_d = jax.device_put(offsets, shard)
+    if local and jax.process_count() > 1:
+        padded = np.zeros((per * n_local, bank.shape[1]), np.float32)
+        padded[:len(bank)] = bank
+        valid = np.arange(per * n_local) < len(bank)
+        put = lambda a: jax.make_array_from_process_local_data(shard, a)  # noqa: E731
+    else:
+        padded = np.zeros((per * mesh.devices.size, bank.shape[1]), np.float32)
+        padded[:len(bank)] = bank
+        valid = np.arange(len(padded)) < len(bank)
+        put = lambda a: jax.device_put(a, shard)  # noqa: E731
+    return put(padded), put(valid), put(first), per
+
+
+def sharded_nearest_neighbour(queries, bank, mesh: Optional[Mesh] = None,
+                              budget_mb: float = 1024, local: bool = False):
+    """Like knn.nearest_neighbour, with the (M, D) bank split over the mesh's devices (of one or
+    several processes). `local`: each process passes only its contiguous part of the bank.
+    -> ((N,) squared distances, (N,) indices into the whole, unsharded bank)."""
+    mesh = mesh or device_mesh()
+    bank_d, valid_d, off_d, per = _place_bank(np.asarray(bank, np.float32), mesh, local)
     queries = np.asarray(queries, np.float32)
     step = chunk_size(3 * 4 * per, budget_mb, minimum=8)
     dists, index = map_chunks(

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from softpatch_jax import data, methods
 from softpatch_jax.features.cache import FeatureCache, config_key
 from softpatch_jax.io import plots, report
-from softpatch_jax.io.files import fingerprint, staged_dir, write_json
+from softpatch_jax.io.files import atomic_path, fingerprint, staged_dir, write_json
 from softpatch_jax.pipeline import evaluate, provenance, validation
 from softpatch_jax.settings import comma_list
 
@@ -66,7 +66,8 @@ def aggregate(workdir, rows):
     """Writes results.csv (one row per point), results.md (category x method per mode and
     ratio, with a mean row) and the curves."""
     cols = ["category", "mode", "ratio", "method"] + list(report.METRICS) + ["seconds"]
-    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    # Every file atomically: shards of one sweep rewrite them concurrently.
+    with atomic_path(os.path.join(workdir, "results.csv")) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -86,14 +87,15 @@ def aggregate(workdir, rows):
             for m in names:
                 means.append({"mode": mode, "ratio": ratio, "method": m,
                               metric: report.mean(cells[c].get(m) for c in cats)})
-    with open(os.path.join(workdir, "results.md"), "w") as f:
+    with atomic_path(os.path.join(workdir, "results.md")) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
     merged = {}
     for r in means:
         merged.setdefault((r["mode"], r["ratio"], r["method"]), {}).update(r)
     write_json(os.path.join(workdir, "metrics.json"),
                {"points": rows, "means": list(merged.values())})
-    plots.sweep_curves(list(merged.values()), os.path.join(workdir, "auroc_vs_noise.png"))
+    with atomic_path(os.path.join(workdir, "auroc_vs_noise.png")) as tmp:
+        plots.sweep_curves(list(merged.values()), tmp)
 
 
 # The fields points of one sweep differ in; the rest of their configs must agree.
@@ -119,12 +121,26 @@ def finished_points(workdir):
     rows = []
     for root, _, files in sorted(os.walk(os.path.join(workdir, "points"))):
         if "result.json" in files and not os.path.basename(root).startswith("."):
-            row = _read(os.path.join(root, "result.json"))
+            try:
+                row = _read(os.path.join(root, "result.json"))
+            except FileNotFoundError:  # replaced by another shard just now
+                continue
             rows.append({k: v for k, v in row.items() if k not in PROVENANCE})
     return sorted(rows, key=lambda r: (r["category"], r["mode"], r["ratio"], r["method"]))
 
 
-def _plan(config, workdir, overwrite):
+def parse_shard(spec: str):
+    """'i/n' -> (i, n): this process runs every n-th point, starting at point i."""
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise ValueError(f"--shard={spec!r} must be i/n with 0 <= i < n, e.g. 0/4")
+    return i, n
+
+
+def _plan(config, workdir, overwrite, shard=(0, 1)):
     """Checks every point before any work -> (points to compute as (point, config, method,
     split, record), paths to remove). A finished point of the same config and data is skipped;
     one of another config or data (or another point in DIR of another base config) refuses
@@ -132,7 +148,7 @@ def _plan(config, workdir, overwrite):
     validation.check_workdir(workdir)
     validation.check_config(config)
     todo, stale, checked, base = [], [], set(), None
-    for point in points(config):
+    for point in points(config)[shard[0]::shard[1]]:
         category, mode, ratio, entry = point
         pc = point_config(config, mode, ratio, entry)
         method = validation.check_config(pc)
@@ -152,6 +168,8 @@ def _plan(config, workdir, overwrite):
         todo.append((point, pc, method, split, record))
     mine = {os.path.dirname(point_path(workdir, *p)) for p, *_ in todo}
     for root, _, files in sorted(os.walk(os.path.join(workdir, "points"))):
+        if os.path.basename(root).startswith("."):  # another shard's point being moved
+            continue
         if "result.json" in files and root not in mine and base is not None:
             diff = provenance.differences(_base(_read(os.path.join(root, "result.json"))), base)
             if diff:
@@ -165,8 +183,73 @@ def _plan(config, workdir, overwrite):
     return todo, [p for p, _ in stale if p not in mine]
 
 
-def run_sweep(config, workdir, overwrite: bool = False):
-    todo, stale = _plan(config, workdir, overwrite)
+def _run_point(workdir, config, item, extractors, staging):
+    """Computes one planned point into its folder (staged: a failed point leaves nothing)."""
+    (category, mode, ratio, entry), pc, method, split, record = item
+    extractor = _extractor(workdir, pc, method, category, extractors)
+    folder = os.path.dirname(point_path(workdir, category, mode, ratio, entry))
+    rel = os.path.relpath(folder, os.path.join(workdir, "points"))
+    start = time.time()
+    with staged_dir(folder, staging) as out:
+        result = evaluate.evaluate_category(
+            pc, category, extractor, out, os.path.join(workdir, method.name, rel),
+            bool(config.sweep.overlays), save_checkpoint=False, method=method, split=split)
+        result.update(category=category, mode=mode, ratio=ratio, method=entry,
+                      seconds=round(time.time() - start, 2))
+        write_json(os.path.join(out, "result.json"), {**result, **record})
+    logging.info("point %s: %s", rel, result)
+    return result
+
+
+def _extractor(workdir, pc, method, category, extractors):
+    """The point's extractor: one per feature kind, with the shared feature cache."""
+    key = config_key(pc.model, pc.data, method.features, pc.seed)
+    if key not in extractors:
+        extractors[key] = evaluate.extractor_for(pc, method)
+    if not method.cacheable_features:
+        return extractors[key]
+    return FeatureCache(extractors[key], os.path.join(workdir, "features", key, category))
+
+
+def _run_batch(workdir, config, items, extractors, staging):
+    """Points at once in threads, their coresets batched (`batching`); features are cached
+    first so that the threads do not extract the same images twice."""
+    import concurrent.futures
+
+    from softpatch_jax.pipeline import batching
+
+    hub = batching.CoresetHub()
+    for (category, *_), pc, method, split, _ in items:
+        extractor = _extractor(workdir, pc, method, category, extractors)
+        if method.cacheable_features:
+            d = pc.data
+            extractor.embed(split.train + split.test, d.resize, d.image_size, d.batch_size,
+                            f"{category}: features")
+        if hasattr(method, "sampler"):
+            method.sampler = batching.BatchedCoreset(method.sampler, hub)
+        hub.join()  # all join before any runs: a lone early selection would run unbatched
+
+    def run(item):
+        try:
+            return _run_point(workdir, config, item, extractors, staging)
+        finally:
+            hub.leave()
+
+    with concurrent.futures.ThreadPoolExecutor(len(items)) as pool:
+        futures = [pool.submit(run, item) for item in items]
+        for f in futures:
+            f.result()
+    logging.info("batched coreset calls of sizes %s", hub.batches)
+
+
+def run_sweep(config, workdir, overwrite: bool = False, shard: str = "0/1"):
+    """Runs the sweep's points into `workdir`; `shard` 'i/n' runs every n-th point (n processes,
+    one folder: a job array or the hosts of a slice), the tables aggregate every finished one.
+    `sweep.batch_points` > 1 runs that many points at once with their coresets batched."""
+    todo, stale = _plan(config, workdir, overwrite, parse_shard(shard))
+    batch = config.sweep.get("batch_points", 1)
+    if batch < 1:
+        raise ValueError(f"sweep.batch_points={batch} must be >= 1")
     os.makedirs(workdir, exist_ok=True)
     for path in stale:
         logging.warning("removing %s (a point of another config; --overwrite)", path)
@@ -174,28 +257,15 @@ def run_sweep(config, workdir, overwrite: bool = False):
     staging = os.path.join(workdir, f".staging-{os.getpid()}")
     extractors = {}  # one per feature kind (patch features; PaDiM's), built on first use
     try:
-        for (category, mode, ratio, entry), pc, method, split, record in tqdm(
-                todo, desc="sweep points"):
-            key = config_key(pc.model, pc.data, method.features, pc.seed)
-            if key not in extractors:
-                extractors[key] = evaluate.extractor_for(pc, method)
-            extractor = extractors[key]
-            if method.cacheable_features:
-                extractor = FeatureCache(extractor,
-                                         os.path.join(workdir, "features", key, category))
-            folder = os.path.dirname(point_path(workdir, category, mode, ratio, entry))
-            rel = os.path.relpath(folder, os.path.join(workdir, "points"))
-            start = time.time()
-            with staged_dir(folder, staging) as out:  # a killed point leaves nothing behind
-                result = evaluate.evaluate_category(
-                    pc, category, extractor, out, os.path.join(workdir, method.name, rel),
-                    bool(config.sweep.overlays), save_checkpoint=False, method=method,
-                    split=split)
-                result.update(category=category, mode=mode, ratio=ratio, method=entry,
-                              seconds=round(time.time() - start, 2))
-                write_json(os.path.join(out, "result.json"), {**result, **record})
-            logging.info("point %s: %s", rel, result)
-            aggregate(workdir, finished_points(workdir))
+        with tqdm(total=len(todo), desc="sweep points") as bar:
+            for i in range(0, len(todo), batch):
+                items = todo[i:i + batch]
+                if len(items) == 1:
+                    _run_point(workdir, config, items[0], extractors, staging)
+                else:
+                    _run_batch(workdir, config, items, extractors, staging)
+                aggregate(workdir, finished_points(workdir))
+                bar.update(len(items))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     rows = finished_points(workdir)

@@ -57,3 +57,41 @@ def test_pipeline_on_four_devices_equals_one(mvtec_root, tmp_path, cache_dir):
         results[devices] = json.loads((work / "metrics.json").read_text())["categories"]["widget"]
     for k in ("image_auroc", "pixel_auroc", "aupro"):
         assert abs(results[1][k] - results[4][k]) < 1e-6, k
+
+
+PROCESS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from softpatch_jax.ops import knn, sharding
+    pid, port = int(sys.argv[1]), sys.argv[2]
+    sharding.maybe_initialize_distributed(True, coordinator_address=f"127.0.0.1:{port}",
+                                          num_processes=2, process_id=pid)
+    import jax
+    assert jax.process_count() == 2 and jax.device_count() == 2, jax.devices()
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(301, 16)).astype(np.float32)
+    bank = rng.normal(size=(103, 16)).astype(np.float32)
+    mine = bank[:52] if pid == 0 else bank[52:]  # each process holds half of the bank
+    d, i = sharding.sharded_nearest_neighbour(q, mine, sharding.device_mesh(), local=True)
+    d1, i1 = knn.nearest_neighbour(q, bank)  # one process, the whole bank
+    np.testing.assert_array_equal(i, i1)
+    np.testing.assert_allclose(d, d1, rtol=1e-6)
+    print("PROCESS OK", pid)
+""")
+
+
+def test_two_processes_each_with_half_the_bank_equal_one():
+    """Multi-host for real: two processes on this machine (coordinator on 127.0.0.1, CPU
+    collectives through gloo), each holding half of the bank, give one process's 1-NN."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    procs = [subprocess.Popen([sys.executable, "-c", PROCESS, str(pid), str(port)], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for pid, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and f"PROCESS OK {pid}" in out, err[-3000:]
