@@ -53,15 +53,16 @@ def replace_dir(src: str, dst: str) -> None:
     at every moment either the old folder, absent, or the new one; never a mix of both."""
     if os.path.lexists(dst):
         old = os.path.join(os.path.dirname(dst), f".old-{os.path.basename(dst)}-{os.getpid()}")
-        _remove(old)
+        remove_path(old)
         os.rename(dst, old)
         os.rename(src, dst)
-        _remove(old)
+        remove_path(old)
     else:
         os.rename(src, dst)
 
 
-def _remove(path: str) -> None:
+def remove_path(path: str) -> None:
+    """Removes a file, link or folder tree; nothing if absent."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
@@ -74,11 +75,11 @@ def staged_dir(final: str, staging_root: str = ""):
     succeeds it replaces `final` whole, otherwise it is removed and `final` is untouched."""
     name = f".staging-{os.path.basename(final)}-{os.getpid()}"
     tmp = os.path.join(staging_root or os.path.dirname(final), name)
-    _remove(tmp)
+    remove_path(tmp)
     os.makedirs(tmp)
     try:
         yield tmp
         os.makedirs(os.path.dirname(final), exist_ok=True)
         replace_dir(tmp, final)
     finally:
-        _remove(tmp)
+        remove_path(tmp)

@@ -110,15 +110,24 @@ def _checked(x, num_centers: int, weights):
     return x, weights
 
 
-def _dense_loop(x, sq_norms, weights, min_dist, num_centers, block, progress):
-    chosen = []
+def _in_blocks(advance, state, num_centers: int, block: int, progress: bool = False,
+               axis: int = 0):
+    """Runs `advance(state, count) -> (state, (..., count) picks)` in blocks of `block` picks
+    (the host only updates a progress bar between them) -> (final state, all picks)."""
+    chosen, done = [], 0
     with tqdm(total=num_centers, desc="greedy coreset", disable=not progress, leave=False) as bar:
-        while len(chosen) * block < num_centers:
-            count = min(block, num_centers - len(chosen) * block)
-            min_dist, idx = _advance(x, sq_norms, weights, min_dist, count)
+        while done < num_centers:
+            count = min(block, num_centers - done)
+            state, idx = advance(state, count)
             chosen.append(np.asarray(idx))
+            done += count
             bar.update(count)
-    return np.concatenate(chosen)
+    return state, np.concatenate(chosen, axis=axis)
+
+
+def _dense_loop(x, sq_norms, weights, min_dist, num_centers, block, progress):
+    return _in_blocks(lambda md, count: _advance(x, sq_norms, weights, md, count), min_dist,
+                      num_centers, block, progress)[1]
 
 
 def start_indices(key: jax.Array, n: int, num_starts: int = 10) -> np.ndarray:
@@ -437,17 +446,13 @@ def greedy_coreset_pruned(x: jnp.ndarray, num_centers: int, key: jax.Array,
     del xn, sq_n, md_n, mean, umd  # the blocks hold their own copies
     nb = blocks.x.shape[0]
     group, full_above = max(1, min(group, nb)), int(full_fraction * nb)
-    chosen = []
-    with tqdm(total=num_centers, desc="greedy coreset", disable=not progress, leave=False) as bar:
-        while len(chosen) * block < num_centers:
-            count = min(block, num_centers - len(chosen) * block)
-            state, idx = _pruned_advance(blocks, state, count, group, full_above)
-            chosen.append(np.asarray(idx))
-            bar.update(count)
+    state, picks = _in_blocks(
+        lambda st, count: _pruned_advance(blocks, st, count, group, full_above), state,
+        num_centers, block, progress)
     stats.update(blocks=int(blocks.x.shape[0]), pruned=True,
                  rows_computed=int(state.computed) * rows_per_block,
                  rows_failed=int(state.failed))
-    return np.concatenate(chosen), stats
+    return picks, stats
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,13 +484,8 @@ def greedy_coreset_batch(xs: jnp.ndarray, num_centers: int, keys: jax.Array,
     starts = jnp.asarray(np.stack([start_indices(keys[i], sizes[i], num_starts)
                                    for i in range(b)]))
     sq_norms, min_dist = _init_batch(xs, w, starts)
-    chosen, done = [], 0
-    while done < num_centers:
-        count = min(block, num_centers - done)
-        min_dist, idx = _advance_batch(xs, sq_norms, w, min_dist, count)
-        chosen.append(np.asarray(idx))
-        done += count
-    return np.concatenate(chosen, axis=1)
+    return _in_blocks(lambda md, count: _advance_batch(xs, sq_norms, w, md, count), min_dist,
+                      num_centers, block, axis=1)[1]
 
 
 _init_batch = jax.jit(jax.vmap(_init_fn))

@@ -92,12 +92,9 @@ def load_fitted(path: str) -> Tuple[methods.Method, object, ConfigDict]:
         config = ConfigDict(meta["config"])
         method = methods.from_config(config)
         return method, method.fitted_from_arrays(arrays), config
-    except (FileNotFoundError, ValueError) as e:
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files
         if "changed since the model was fitted" in str(e):
             raise
-        raise ValueError(f"the fitted model in {path!r} cannot be read ({_short(e)}); refit "
-                         "the category with the same --workdir") from None
-    except Exception as e:  # orbax/tensorstore raise many types for damaged files
         raise ValueError(f"the fitted model in {path!r} cannot be read ({_short(e)}); refit "
                          "the category with the same --workdir") from None
 

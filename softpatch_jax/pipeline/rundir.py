@@ -17,7 +17,7 @@ import os
 import shutil
 from typing import Dict, List
 
-from softpatch_jax.io.files import staged_dir
+from softpatch_jax.io.files import remove_path, staged_dir
 from softpatch_jax.pipeline import provenance
 
 CATEGORIES = "categories"
@@ -113,10 +113,7 @@ class RunDir:
     def remove(self, paths: List[str]) -> None:
         for p in paths:
             logging.warning("removing %s (results of another run; --overwrite)", p)
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            elif os.path.lexists(p):
-                os.remove(p)
+            remove_path(p)
 
 
 def _remove_empty_tree(path: str) -> None:

@@ -183,10 +183,9 @@ def _plan(config, workdir, overwrite, shard=(0, 1)):
     return todo, [p for p, _ in stale if p not in mine]
 
 
-def _run_point(workdir, config, item, extractors, staging):
+def _run_point(workdir, config, item, extractor, staging):
     """Computes one planned point into its folder (staged: a failed point leaves nothing)."""
     (category, mode, ratio, entry), pc, method, split, record = item
-    extractor = _extractor(workdir, pc, method, category, extractors)
     folder = os.path.dirname(point_path(workdir, category, mode, ratio, entry))
     rel = os.path.relpath(folder, os.path.join(workdir, "points"))
     start = time.time()
@@ -219,8 +218,10 @@ def _run_batch(workdir, config, items, extractors, staging):
     from softpatch_jax.pipeline import batching
 
     hub = batching.CoresetHub()
+    per_point = []
     for (category, *_), pc, method, split, _ in items:
         extractor = _extractor(workdir, pc, method, category, extractors)
+        per_point.append(extractor)
         if method.cacheable_features:
             d = pc.data
             extractor.embed(split.train + split.test, d.resize, d.image_size, d.batch_size,
@@ -229,14 +230,14 @@ def _run_batch(workdir, config, items, extractors, staging):
             method.sampler = batching.BatchedCoreset(method.sampler, hub)
         hub.join()  # all join before any runs: a lone early selection would run unbatched
 
-    def run(item):
+    def run(item, extractor):
         try:
-            return _run_point(workdir, config, item, extractors, staging)
+            return _run_point(workdir, config, item, extractor, staging)
         finally:
             hub.leave()
 
     with concurrent.futures.ThreadPoolExecutor(len(items)) as pool:
-        futures = [pool.submit(run, item) for item in items]
+        futures = [pool.submit(run, item, e) for item, e in zip(items, per_point)]
         for f in futures:
             f.result()
     logging.info("batched coreset calls of sizes %s", hub.batches)
@@ -261,7 +262,9 @@ def run_sweep(config, workdir, overwrite: bool = False, shard: str = "0/1"):
             for i in range(0, len(todo), batch):
                 items = todo[i:i + batch]
                 if len(items) == 1:
-                    _run_point(workdir, config, items[0], extractors, staging)
+                    (category, *_), pc, method, *_ = items[0]
+                    _run_point(workdir, config, items[0],
+                               _extractor(workdir, pc, method, category, extractors), staging)
                 else:
                     _run_batch(workdir, config, items, extractors, staging)
                 aggregate(workdir, finished_points(workdir))
