@@ -14,7 +14,6 @@ from typing import Optional, Sequence, Tuple
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.stats import rankdata
 
@@ -22,6 +21,7 @@ from softpatch_jax.methods.base import Features, Scores
 from softpatch_jax.methods.patchcore import MemoryBank, PatchCore, bank_options, build_bank
 from softpatch_jax.methods.registry import register
 from softpatch_jax.ops import discriminators
+from softpatch_jax.ops import grouping as grouping_ops
 from softpatch_jax.ops.distances import project, random_projection
 from softpatch_jax.settings import comma_list
 
@@ -40,12 +40,15 @@ def denoise(scores: np.ndarray, threshold: float):
 
 def noise_scores(train_features: np.ndarray, key: jax.Array, discriminator: str, k: int = 6,
                  projection_dim: int = 128, budget_mb: float = 1024,
-                 progress: bool = False) -> np.ndarray:
-    """(B, P, D) -> (B, P) discriminator scores on a random projection, grouped by position."""
+                 progress: bool = False, grouping: str = "position", radius: int = 2,
+                 grid: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """(B, P, D) -> (B, P) discriminator scores on a random projection, each patch compared with
+    the patches `grouping` gives it (ops/grouping.py: position, neighbourhood of `radius`
+    patches on the (h, w) `grid`, or global)."""
     d = train_features.shape[-1]
     proj = project(train_features, random_projection(key, d, projection_dim), budget_mb)
-    groups = jnp.transpose(proj, (1, 0, 2))  # (P, B, d): one group per position
-    return discriminators.group_scores(groups, discriminator, k, budget_mb, progress).T
+    return grouping_ops.grouped_scores(proj, discriminator, grouping, k, radius, grid, budget_mb,
+                                       progress)
 
 
 def fuse_ranks(scores: Sequence[np.ndarray], rule: str = "mean") -> np.ndarray:
@@ -76,6 +79,14 @@ def _check_fraction(value: float, field: str) -> None:
         raise ValueError(f"{field}={value} must lie in [0, 1)")
 
 
+def _grouping_options(m, names: Sequence[str], field: str) -> dict:
+    """model.grouping and model.group_radius, checked for the discriminators `names` (named by
+    `field`). Configs saved before these fields existed mean position grouping."""
+    grouping, radius = m.get("grouping", "position"), m.get("group_radius", 2)
+    grouping_ops.check(grouping, radius, names, field)
+    return dict(grouping=grouping, group_radius=int(radius))
+
+
 @dataclasses.dataclass
 class FitDetails:
     bank: MemoryBank
@@ -89,10 +100,12 @@ class SoftPatch(PatchCore):
     name = "softpatch"
 
     def __init__(self, *, discriminator="lof", threshold: float = 0.15, lof_k: int = 6,
-                 soft_weight: bool = True, projection_dim: int = 128, **bank):
+                 soft_weight: bool = True, projection_dim: int = 128,
+                 grouping: str = "position", group_radius: int = 2, **bank):
         super().__init__(**bank)
         self.discriminator = None if discriminator in (None, "none") else discriminator
         self.threshold, self.lof_k, self.projection_dim = threshold, lof_k, projection_dim
+        self.grouping, self.group_radius = grouping, group_radius
         self.soft_weight = soft_weight and self.discriminator is not None
 
     @classmethod
@@ -102,15 +115,32 @@ class SoftPatch(PatchCore):
             _check_discriminator(m.discriminator, "model.discriminator")
         _check_fraction(m.threshold, "model.threshold")
         _check_lof_k(m.lof_k)
+        grouping = _grouping_options(m, [m.discriminator] if m.discriminator != "none" else [],
+                                     "model.discriminator")
         return cls(discriminator=m.discriminator, threshold=m.threshold, lof_k=m.lof_k,
-                   soft_weight=m.soft_weight, projection_dim=m.projection_dim,
+                   soft_weight=m.soft_weight, projection_dim=m.projection_dim, **grouping,
                    **bank_options(config))
 
     @property
     def label(self) -> str:
-        return self.discriminator or "none"
+        return (self.discriminator or "none") + self._grouping_label()
+
+    def _grouping_label(self) -> str:
+        if self.grouping == "position":
+            return ""
+        radius = f" r={self.group_radius}" if self.grouping == "neighbourhood" else ""
+        return f" ({self.grouping}{radius})"
+
+    def _noise_scores(self, features: Features, key: jax.Array, name: str,
+                      progress: bool) -> np.ndarray:
+        """(B, P) scores of discriminator `name` under this model's grouping."""
+        return noise_scores(features.patches, key, name, self.lof_k, self.projection_dim,
+                            self.budget_mb, progress, self.grouping, self.group_radius,
+                            features.grid)
 
     def _min_train(self, names) -> int:
+        if self.grouping != "position":  # candidates come from several positions: checked
+            return 2                     # against the grid when scoring (grouping.py)
         return max([2] + [discriminators.get(d).min_group(self.lof_k) for d in names])
 
     def _check_train(self, n_train: int, names) -> None:
@@ -136,8 +166,7 @@ class SoftPatch(PatchCore):
         if self.discriminator is None:
             sampling = soft = np.ones((b, p), np.float32)
         else:
-            scores = noise_scores(train, key_disc, self.discriminator, self.lof_k,
-                                  self.projection_dim, self.budget_mb, progress)
+            scores = self._noise_scores(features, key_disc, self.discriminator, progress)
             sampling, soft = denoise(scores, self.threshold)
         bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank,
                                dataclasses.replace(self.sampler, progress=progress))
@@ -196,13 +225,14 @@ class SoftPatchPlus(SoftPatch):
                              f"model.cls_threshold={m.cls_threshold} (the segmentation bank "
                              "removes more)")
         _check_lof_k(m.lof_k)
+        grouping = _grouping_options(m, fusion, "model.fusion")
         return cls(fusion=fusion, fusion_rule=m.fusion_rule, cls_threshold=m.cls_threshold,
                    seg_threshold=m.seg_threshold, lof_k=m.lof_k, soft_weight=m.soft_weight,
-                   projection_dim=m.projection_dim, **bank_options(config))
+                   projection_dim=m.projection_dim, **grouping, **bank_options(config))
 
     @property
     def label(self) -> str:
-        return "fused:" + ",".join(self.fusion)
+        return "fused:" + ",".join(self.fusion) + self._grouping_label()
 
     def check(self, n_train: int) -> None:
         self._check_train(n_train, self.fusion)
@@ -212,8 +242,7 @@ class SoftPatchPlus(SoftPatch):
         """(classification, segmentation) fits with what led to them (fused rank scores)."""
         train = features.patches
         key_disc, key_bank = jax.random.split(key)
-        raw = [noise_scores(train, jax.random.fold_in(key_disc, i), d, self.lof_k,
-                            self.projection_dim, self.budget_mb, progress)
+        raw = [self._noise_scores(features, jax.random.fold_in(key_disc, i), d, progress)
                for i, d in enumerate(self.fusion)]
         fused = fuse_ranks(raw, self.fusion_rule)
         soft = np.maximum(raw[0], 0.0).astype(np.float32)

@@ -8,6 +8,8 @@ from softpatch_jax.methods.base import Features
 from softpatch_jax.ops import knn
 from softpatch_jax.ops.coreset import GreedyCoreset
 
+from conftest import load_config
+
 
 def _features(b=30, p=9, d=48, noisy=3, seed=0):
     rng = np.random.default_rng(seed)
@@ -91,3 +93,35 @@ def test_impossible_bank_sizes_are_errors():
     with pytest.raises(ValueError, match="eligible"):
         _fit(_features(), jax.random.PRNGKey(0), "lof", lof_k=5, threshold=0.5,
              coreset_ratio=0.6)
+
+
+@pytest.mark.parametrize("grouping", ["neighbourhood", "global"])
+def test_other_groupings_denoise_the_defects(grouping):
+    """Defects at position 4 of 3 images (30 images, 3 x 3 grid): under neighbourhood (radius 1)
+    and global grouping too they score highest and are excluded; the scores are noise_scores'."""
+    feats = _features()
+    fit = _fit(feats, jax.random.PRNGKey(0), "lof", lof_k=5, threshold=0.05, coreset_ratio=0.2,
+               projection_dim=16, grouping=grouping, group_radius=1)
+    assert (fit.sampling_weights[:3, 4] == 0).all()
+    key_disc, _ = jax.random.split(jax.random.PRNGKey(0))
+    expected = softpatch.noise_scores(feats, key_disc, "lof", 5, 16, grouping=grouping, radius=1,
+                                      grid=(3, 3))
+    np.testing.assert_array_equal(fit.patch_scores, expected)
+
+
+def test_grouping_fields_from_config_are_checked():
+    c = load_config("default.py")
+    assert (c.model.grouping, c.model.group_radius) == ("position", 2)
+    c.model.grouping, c.model.group_radius = "neighbourhood", 3
+    method = softpatch.SoftPatch.from_config(c)
+    assert (method.grouping, method.group_radius) == ("neighbourhood", 3)
+    c.model.grouping, c.model.discriminator = "global", "gaussian"
+    with pytest.raises(ValueError, match="model.grouping=global does not support "
+                                         "model.discriminator=gaussian"):
+        softpatch.SoftPatch.from_config(c)
+    c.model.method = "softpatch_plus"  # default fusion lof,gaussian
+    with pytest.raises(ValueError, match="does not support model.fusion=gaussian"):
+        softpatch.SoftPatchPlus.from_config(c)
+    c.model.grouping = "diagonal"
+    with pytest.raises(ValueError, match="model.grouping='diagonal' is unknown"):
+        softpatch.SoftPatch.from_config(c)
