@@ -3,10 +3,13 @@
 Fit and evaluate: python -m softpatch_jax.main --config configs/default.py --workdir DIR
   (any config field can be overridden with --config.<field>=<value>)
 Score new images: python -m softpatch_jax.main --mode=predict --workdir DIR --images=a.png,dir/
+Export for deployment: python -m softpatch_jax.main --mode=export --workdir DIR [--export_batch=8]
+  (DIR/export/<category>/: a jax.export scorer and a loader needing only jax and numpy)
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from softpatch_jax.export import exporter
 from softpatch_jax.ops import sharding
 from softpatch_jax.pipeline import cli, evaluate, predict
 
@@ -14,16 +17,26 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics.json, results.md and run files.")
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
                                 lock_config=True)
-flags.DEFINE_enum("mode", "fit", ["fit", "predict"], "fit: fit and evaluate; predict: score "
-                  "--images with the models fitted in --workdir.")
+flags.DEFINE_enum("mode", "fit", ["fit", "predict", "export"], "fit: fit and evaluate; "
+                  "predict: score --images with the models fitted in --workdir; export: write "
+                  "each fitted model as a standalone scorer to --workdir/export/<category>/.")
 flags.DEFINE_list("images", [], "Predict mode: image files, folders and globs to score.")
-flags.DEFINE_string("category", "", "Predict mode: the fitted category to use ('' = all).")
+flags.DEFINE_string("category", "", "Predict and export modes: the fitted category to use "
+                    "('' = all).")
+flags.DEFINE_integer("export_batch", exporter.DEFAULT_BATCH, "Export mode: images per call of "
+                     "the exported scorer (fixed at export; the loader pads the last batch).")
 flags.DEFINE_bool("overwrite", False, "Fit: replace results of another config in --workdir "
                   "(without it such a run refuses to start).")
 flags.mark_flags_as_required(["workdir"])
 
 
 def run():
+    if FLAGS.mode == "export":
+        threshold = FLAGS["threshold"].value if "threshold" in FLAGS else None  # predict's flag
+        for cat, folder in exporter.export_workdir(FLAGS.workdir, FLAGS.category,
+                                                   FLAGS.export_batch, threshold).items():
+            print(f"{cat}: exported -> {folder} (python {folder}/loader.py {folder} IMAGE...)")
+        return
     if FLAGS.mode == "predict":
         for cat, (names, scores) in predict.predict_images(FLAGS.workdir, FLAGS.images,
                                                            FLAGS.category).items():

@@ -1,0 +1,162 @@
+"""Scores images with a model exported by `python -m softpatch_jax.main --mode=export`.
+
+Standalone: needs numpy and jax only (and PIL to read image files); nothing of softpatch_jax.
+Each export folder holds a copy of this file, so the folder alone is the deployment:
+
+    python loader.py EXPORT_DIR image.png [image ...]      # prints score and verdict per image
+
+    from loader import Scorer
+    scorer = Scorer("DIR/export/widget")
+    out = scorer.score_files(["a.png", "b.png"])
+    out = scorer.score(images)   # (N, S, S, 3) float32, preprocessed as `load_image` does
+
+Outputs: 'scores' (N,), 'maps' (N, S, S), 'verdicts' (N,) bool (score >= the image threshold;
+None when the export has none) and 'masks' (N, S, S) bool (map >= the pixel threshold; None
+without one). The scorer runs fixed batches of meta.json's `batch_size`; the last batch is padded
+with zero images whose outputs are dropped.
+"""
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+from jax import export as jax_export
+
+
+# -- preprocessing: the package's data/preprocess.py, copied (tested to agree) ------------------
+def _to_8bit(img):
+    """16-bit integer images: value / 257 rounded; float images: [0, 1] (x 255) when their finite
+    maximum is <= 1, else 0..255; other modes as they are."""
+    from PIL import Image
+
+    if not (img.mode in ("I", "F") or img.mode.startswith("I;16")):
+        return img
+    if img.mode == "F":
+        v = np.asarray(img, np.float64)
+        finite = v[np.isfinite(v)]
+        if finite.size == 0 or finite.max() <= 1.0:
+            v = v * 255.0
+        v = np.clip(np.rint(np.nan_to_num(v, nan=0.0)), 0, 255)
+    else:
+        v = (np.clip(np.asarray(img, np.int64), 0, 65535) + 128) // 257
+    return Image.fromarray(v.astype(np.uint8))
+
+
+def _resize_crop(img, resize: int, crop: int):
+    """Shorter side to `resize` (bilinear), centre crop `crop` x `crop`."""
+    from PIL import Image
+
+    w, h = img.size
+    size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    if size != (w, h):
+        img = img.resize(size, Image.BILINEAR)
+    w, h = img.size
+    if crop > min(w, h):
+        raise ValueError(f"image size {crop} is larger than the resized image {w}x{h}")
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    return img.crop((left, top, left + crop, top + crop))
+
+
+def load_image(path: str, resize: int, crop: int, mean, std) -> np.ndarray:
+    """An image file -> (crop, crop, 3) float32: upright by its EXIF orientation, RGB, resized
+    and centre-cropped, scaled to [0, 1] and normalised by `mean` and `std` (per channel)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        ImageOps.exif_transpose(img, in_place=True)
+        img = _to_8bit(img).convert("RGB")
+    img = _resize_crop(img, resize, crop)
+    return ((np.asarray(img, np.float32) / 255.0 - np.asarray(mean, np.float32))
+            / np.asarray(std, np.float32))
+
+
+# -- the scorer ---------------------------------------------------------------------------------
+class Scorer:
+    """An export folder (scorer.bin, arrays.npz, meta.json) ready to score images."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        try:
+            with open(os.path.join(directory, "meta.json")) as f:
+                self.meta = json.load(f)
+            with open(os.path.join(directory, "scorer.bin"), "rb") as f:
+                blob = bytearray(f.read())
+            with np.load(os.path.join(directory, "arrays.npz")) as z:
+                arrays = {k: z[k] for k in z.files}
+        except OSError as e:
+            raise ValueError(f"{directory!r} is not a complete export ({e}); export again with "
+                             "--mode=export") from None
+        try:
+            self.exported = jax_export.deserialize(blob)
+        except Exception as e:  # an older jax than the exporter's, or a damaged file
+            raise ValueError(f"cannot load {directory}/scorer.bin with jax {jax.__version__} "
+                             f"(exported with jax {self.meta.get('jax_version')}): {e}") from None
+        self.batch = int(self.meta["batch_size"])
+        self.image_size = int(self.meta["image_size"])
+        self._inputs = jax.device_put(arrays)  # on the device once, reused by every batch
+        self._call = jax.jit(self.exported.call)
+
+    def score(self, images) -> dict:
+        """(N, S, S, 3) preprocessed images -> {'scores', 'maps', 'verdicts', 'masks'} (NumPy;
+        'verdicts' / 'masks' None when the export has no image / pixel threshold)."""
+        images = np.asarray(images, np.float32)
+        s = self.image_size
+        if images.ndim != 4 or images.shape[1:] != (s, s, 3) or not len(images):
+            raise ValueError(f"images must be (N, {s}, {s}, 3) with N >= 1, got "
+                             f"{images.shape}")
+        parts = {k: [] for k in ("scores", "maps", "verdicts", "masks")}
+        for start in range(0, len(images), self.batch):
+            chunk = images[start:start + self.batch]
+            n = len(chunk)
+            if n < self.batch:  # the program's batch is fixed: pad with zero images
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, s, s, 3), np.float32)])
+            out = self._call(chunk, self._inputs)
+            for k in parts:
+                parts[k].append(np.asarray(out[k])[:n])
+        result = {k: np.concatenate(v) for k, v in parts.items()}
+        if self.meta.get("image_threshold") is None:
+            result["verdicts"] = None
+        if self.meta.get("pixel_threshold") is None:
+            result["masks"] = None
+        return result
+
+    def load(self, path: str) -> np.ndarray:
+        m = self.meta
+        return load_image(path, m["resize"], m["image_size"], m["mean"], m["std"])
+
+    def score_files(self, paths) -> dict:
+        """Image files -> `score`'s outputs (read batch by batch)."""
+        paths = list(paths)
+        if not paths:
+            raise ValueError("no image files to score")
+        outs = [self.score(np.stack([self.load(p) for p in paths[i:i + self.batch]]))
+                for i in range(0, len(paths), self.batch)]
+        return {k: None if outs[0][k] is None else np.concatenate([o[k] for o in outs])
+                for k in outs[0]}
+
+
+def main(argv) -> int:
+    if len(argv) < 3:
+        print(f"usage: python {os.path.basename(argv[0])} EXPORT_DIR image [image ...]",
+              file=sys.stderr)
+        return 2
+    try:
+        scorer = Scorer(argv[1])
+        out = scorer.score_files(argv[2:])
+    except (OSError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    threshold = scorer.meta.get("image_threshold")
+    print(f"# {scorer.meta.get('category')} ({scorer.meta.get('method')}), image threshold "
+          f"{'none' if threshold is None else repr(threshold)}")
+    print("image\tscore\tverdict")
+    for i, path in enumerate(argv[2:]):
+        verdict = "-" if out["verdicts"] is None else (
+            "anomalous" if out["verdicts"][i] else "normal")
+        print(f"{path}\t{float(out['scores'][i])!r}\t{verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
