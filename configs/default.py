@@ -51,7 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.reweight_neighbours = 0  # PatchCore image-score reweighting (paper: 9); 0 = off
     # SoftPatch+ (secondary sources; see README): fusion and the two banks' removal ratios.
     config.model.fusion = "lof,gaussian"
-    config.model.fusion_rule = "mean"     # mean | max of the rank-normalised scores
+    config.model.fusion_rule = "mean"     # mean | max | weighted of the rank-normalised scores
+    config.model.fusion_weights = ""      # fusion_rule=weighted: one per fusion entry, e.g. 0.7,0.3
+    config.model.rank_norm = "global"     # ranks among all patches | position: per position's B
+    config.model.soft_source = "first"    # soft weights: first (its raw scores)|fused|lof|none
+    config.model.shared_projection = True  # one coreset projection for both banks (False: each own)
     config.model.cls_threshold = 0.15     # classification bank (image scores)
     config.model.seg_threshold = 0.5      # segmentation bank (anomaly maps)
     # PaDiM: random channels of the first three levels (EfficientNet-Lite: stride 4, 8, 16).

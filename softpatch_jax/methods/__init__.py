@@ -25,14 +25,47 @@ def from_config(config) -> Method:
     return get(config.model.method).from_config(config)
 
 
-def sweep_overrides(entry: str) -> dict:
+def sweep_overrides(entry: str, model=None) -> dict:
     """A sweep's method entry -> the `config.model` fields it sets: a registered method name
     (other than the default) selects that method; a discriminator name (or `none`) selects
-    SoftPatch with that discriminator."""
-    if entry in names() and entry != DEFAULT:
-        return {"method": entry}
-    if entry == "none" or entry in discriminators.names():
-        return {"method": DEFAULT, "discriminator": entry}
-    raise ValueError(f"sweep.discriminators entry {entry!r} is neither a method "
-                     f"({', '.join(names())}) nor a discriminator "
-                     f"(none, {', '.join(discriminators.names())})")
+    SoftPatch with that discriminator. A variant, `name@field=value@field=value` (e.g.
+    `lof@grouping=neighbourhood`), also sets those `config.model` fields; `model` (the
+    config.model block) says which fields exist and their types (bool, int, float or str; in a
+    str value `+` stands for `,`, which separates the sweep's entries: `fusion=lof+nearest`)."""
+    name, *variant = entry.split("@")
+    if name in names() and name != DEFAULT:
+        fields = {"method": name}
+    elif name == "none" or name in discriminators.names():
+        fields = {"method": DEFAULT, "discriminator": name}
+    else:
+        raise ValueError(f"sweep.discriminators entry {entry!r} is neither a method "
+                         f"({', '.join(names())}) nor a discriminator "
+                         f"(none, {', '.join(discriminators.names())})")
+    for setting in variant:
+        field, sep, value = setting.partition("=")
+        if not sep or not field or field == "method":
+            raise ValueError(f"sweep.discriminators entry {entry!r}: {setting!r} must be "
+                             "field=value, a config.model field other than method, e.g. "
+                             "lof@grouping=neighbourhood")
+        if model is None or field not in model:
+            raise ValueError(f"sweep.discriminators entry {entry!r}: model.{field} is not a "
+                             "config field")
+        fields[field] = _typed(value, model[field], f"{entry!r}: model.{field}")
+    return fields
+
+
+def _typed(value: str, like, where: str):
+    """A variant's value as the type of the field's current value `like`."""
+    if isinstance(like, bool):
+        if value.lower() in ("true", "1"):
+            return True
+        if value.lower() in ("false", "0"):
+            return False
+        raise ValueError(f"sweep.discriminators entry {where}={value!r} must be true or false")
+    if isinstance(like, (int, float)):
+        try:
+            return type(like)(value)
+        except ValueError:
+            raise ValueError(f"sweep.discriminators entry {where}={value!r} must be "
+                             f"{'an integer' if isinstance(like, int) else 'a number'}") from None
+    return value.replace("+", ",")

@@ -25,7 +25,9 @@ from softpatch_jax.ops import grouping as grouping_ops
 from softpatch_jax.ops.distances import project, random_projection
 from softpatch_jax.settings import comma_list
 
-FUSION_RULES = ("mean", "max")
+FUSION_RULES = ("mean", "max", "weighted")
+RANK_NORMS = ("global", "position")
+SOFT_SOURCES = ("first", "fused", "lof", "none")
 
 
 def denoise(scores: np.ndarray, threshold: float):
@@ -51,15 +53,61 @@ def noise_scores(train_features: np.ndarray, key: jax.Array, discriminator: str,
                                        progress)
 
 
-def fuse_ranks(scores: Sequence[np.ndarray], rule: str = "mean") -> np.ndarray:
-    """Rank-normalised fusion (SoftPatch+): each score array's ranks over all patches / N (ties
-    averaged), combined by `rule` ('mean' or 'max'). Same shape as each input, values in (0, 1]."""
-    ranks = [rankdata(s.reshape(-1)).reshape(s.shape) / s.size for s in scores]
+def rank_normalise(scores: np.ndarray, rank_norm: str = "global") -> np.ndarray:
+    """(B, P) scores -> (B, P) ranks in (0, 1], ties averaged: `global`, ranks over all B * P
+    patches / (B * P); `position`, ranks among each position's B scores / B."""
+    if rank_norm == "global":
+        return rankdata(scores.reshape(-1)).reshape(scores.shape) / scores.size
+    if rank_norm == "position":
+        return rankdata(scores, axis=0) / scores.shape[0]
+    raise ValueError(f"model.rank_norm={rank_norm!r} is unknown; choose one of "
+                     f"{', '.join(RANK_NORMS)}")
+
+
+def fuse_ranks(scores: Sequence[np.ndarray], rule: str = "mean", rank_norm: str = "global",
+               weights: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Rank-normalised fusion (SoftPatch+): each (B, P) score array's ranks (`rank_normalise`),
+    combined by `rule`: 'mean', 'max', or 'weighted' (sum_i w_i r_i / sum_i w_i, `weights` one per
+    array). Same shape as each input, values in (0, 1]."""
+    ranks = [rank_normalise(s, rank_norm) for s in scores]
     if rule == "mean":
         return np.mean(ranks, axis=0)
     if rule == "max":
         return np.max(ranks, axis=0)
-    raise ValueError(f"unknown fusion rule {rule!r}; choose one of {', '.join(FUSION_RULES)}")
+    if rule == "weighted":
+        w = np.asarray(weights, np.float64)
+        return np.tensordot(w, np.stack(ranks), axes=1) / w.sum()
+    raise ValueError(f"model.fusion_rule={rule!r} is unknown; choose one of "
+                     f"{', '.join(FUSION_RULES)}")
+
+
+def _fusion_weights(spec, rule: str, n: int) -> Optional[Tuple[float, ...]]:
+    """model.fusion_weights (a comma list of floats, one per model.fusion entry) for the
+    weighted rule; must be empty for the others."""
+    items = comma_list(spec)
+    if rule != "weighted":
+        if items:
+            raise ValueError(f"model.fusion_weights={spec!r} is read only by "
+                             "model.fusion_rule=weighted; empty it or set the rule")
+        return None
+    try:
+        weights = tuple(float(v) for v in items)
+    except ValueError:
+        weights = ()
+    if len(weights) != n or not all(np.isfinite(weights)) or min(weights) < 0 \
+            or sum(weights) <= 0:
+        raise ValueError(f"model.fusion_weights={spec!r} must be {n} non-negative numbers, one "
+                         "per model.fusion entry, not all 0 (e.g. 0.7,0.3)")
+    return weights
+
+
+def _choice(m, field: str, default, choices) -> str:
+    """A choice field of config.model (configs saved before it existed: `default`)."""
+    value = m.get(field, default)
+    if value not in choices:
+        raise ValueError(f"model.{field}={value!r} is unknown; choose one of "
+                         f"{', '.join(map(str, choices))}")
+    return value
 
 
 def _check_discriminator(name: str, field: str) -> None:
@@ -201,10 +249,14 @@ class SoftPatchPlus(SoftPatch):
     name = "softpatch_plus"
 
     def __init__(self, *, fusion=("lof", "gaussian"), fusion_rule: str = "mean",
-                 cls_threshold: float = 0.15, seg_threshold: float = 0.5, **softpatch):
+                 cls_threshold: float = 0.15, seg_threshold: float = 0.5,
+                 rank_norm: str = "global", fusion_weights: Optional[Sequence[float]] = None,
+                 soft_source: str = "first", shared_projection: bool = True, **softpatch):
         super().__init__(discriminator=None, **softpatch)
         self.fusion, self.fusion_rule = tuple(fusion), fusion_rule
         self.cls_threshold, self.seg_threshold = cls_threshold, seg_threshold
+        self.rank_norm, self.fusion_weights = rank_norm, fusion_weights
+        self.soft_source, self.shared_projection = soft_source, shared_projection
         self.soft_weight = softpatch.get("soft_weight", True)
 
     @classmethod
@@ -215,9 +267,11 @@ class SoftPatchPlus(SoftPatch):
             raise ValueError("model.fusion names no discriminator; e.g. lof,gaussian")
         for d in fusion:
             _check_discriminator(d, "model.fusion")
-        if m.fusion_rule not in FUSION_RULES:
-            raise ValueError(f"model.fusion_rule={m.fusion_rule!r} is unknown; choose one of "
-                             f"{', '.join(FUSION_RULES)}")
+        rule = _choice(m, "fusion_rule", "mean", FUSION_RULES)
+        weights = _fusion_weights(m.get("fusion_weights", ""), rule, len(fusion))
+        variants = dict(rank_norm=_choice(m, "rank_norm", "global", RANK_NORMS),
+                        soft_source=_choice(m, "soft_source", "first", SOFT_SOURCES),
+                        shared_projection=_choice(m, "shared_projection", True, (True, False)))
         _check_fraction(m.cls_threshold, "model.cls_threshold")
         _check_fraction(m.seg_threshold, "model.seg_threshold")
         if m.seg_threshold < m.cls_threshold:
@@ -226,16 +280,41 @@ class SoftPatchPlus(SoftPatch):
                              "removes more)")
         _check_lof_k(m.lof_k)
         grouping = _grouping_options(m, fusion, "model.fusion")
-        return cls(fusion=fusion, fusion_rule=m.fusion_rule, cls_threshold=m.cls_threshold,
-                   seg_threshold=m.seg_threshold, lof_k=m.lof_k, soft_weight=m.soft_weight,
-                   projection_dim=m.projection_dim, **grouping, **bank_options(config))
+        return cls(fusion=fusion, fusion_rule=rule, fusion_weights=weights,
+                   cls_threshold=m.cls_threshold, seg_threshold=m.seg_threshold, lof_k=m.lof_k,
+                   soft_weight=m.soft_weight, projection_dim=m.projection_dim, **variants,
+                   **grouping, **bank_options(config))
 
     @property
     def label(self) -> str:
         return "fused:" + ",".join(self.fusion) + self._grouping_label()
 
+    def _discriminators(self) -> Tuple[str, ...]:
+        """The discriminators the fit runs: the fused ones, and LOF for soft_source=lof."""
+        extra = self.soft_source == "lof" and "lof" not in self.fusion
+        return self.fusion + (("lof",) if extra else ())
+
     def check(self, n_train: int) -> None:
-        self._check_train(n_train, self.fusion)
+        self._check_train(n_train, self._discriminators())
+
+    def _soft_weights(self, raw, fused: np.ndarray, features: Features, key_disc: jax.Array,
+                      progress: bool) -> np.ndarray:
+        """(B, P) soft weights by model.soft_source: the first fused discriminator's raw scores
+        (clamped at 0), the fused ranks, LOF's raw scores (computed on its own projection,
+        key fold_in(key_disc, len(fusion)), when LOF is not fused), or ones (none)."""
+        if self.soft_source == "fused":
+            return fused.astype(np.float32)
+        if self.soft_source == "none":
+            return np.ones(fused.shape, np.float32)
+        if self.soft_source == "lof":
+            if "lof" in self.fusion:
+                scores = raw[self.fusion.index("lof")]
+            else:
+                scores = self._noise_scores(
+                    features, jax.random.fold_in(key_disc, len(self.fusion)), "lof", progress)
+        else:
+            scores = raw[0]
+        return np.maximum(scores, 0.0).astype(np.float32)
 
     def fit_details(self, features: Features, key: jax.Array,
                     progress: bool = True) -> Tuple[FitDetails, FitDetails]:
@@ -244,16 +323,18 @@ class SoftPatchPlus(SoftPatch):
         key_disc, key_bank = jax.random.split(key)
         raw = [self._noise_scores(features, jax.random.fold_in(key_disc, i), d, progress)
                for i, d in enumerate(self.fusion)]
-        fused = fuse_ranks(raw, self.fusion_rule)
-        soft = np.maximum(raw[0], 0.0).astype(np.float32)
+        fused = fuse_ranks(raw, self.fusion_rule, self.rank_norm, self.fusion_weights)
+        soft = self._soft_weights(raw, fused, features, key_disc, progress)
         sampler = dataclasses.replace(self.sampler, progress=progress)
         reduced = None
-        if self.coreset_ratio < 1.0:  # one projection for both banks
+        if self.coreset_ratio < 1.0 and self.shared_projection:  # one projection for both banks
             reduced = sampler.project(train, jax.random.split(key_bank)[0])
         details = []
-        for tau in (self.cls_threshold, self.seg_threshold):
+        for i, tau in enumerate((self.cls_threshold, self.seg_threshold)):
             sampling, _ = denoise(fused, tau)
-            bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank, sampler,
+            # Not shared: the segmentation bank draws its own projection and starts.
+            key = key_bank if self.shared_projection or i == 0 else jax.random.fold_in(key_bank, 1)
+            bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key, sampler,
                                    reduced)
             details.append(FitDetails(bank, fused, sampling, idx))
         return details[0], details[1]

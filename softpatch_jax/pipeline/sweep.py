@@ -57,7 +57,7 @@ def point_config(config, mode, ratio, entry):
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.noise.mode, c.noise.ratio = mode, ratio
-        c.model.update(methods.sweep_overrides(entry))
+        c.model.update(methods.sweep_overrides(entry, c.model))
         del c["sweep"]
     return c
 
@@ -103,11 +103,25 @@ POINT_FIELDS = ("noise.mode", "noise.ratio", "model.method", "model.discriminato
 PROVENANCE = ("config", "config_fingerprint", "data_fingerprint", "version")
 
 
-def _base(record: dict) -> dict:
-    """A point's provenance without the fields that vary across the points of a sweep."""
-    config = {k: v for k, v in (record.get("config") or {}).items() if k not in POINT_FIELDS}
+def _base(record: dict, varied=()) -> dict:
+    """A point's provenance without the fields that vary across the points of a sweep
+    (POINT_FIELDS, and `varied`: the model fields its entries set, `_entry_fields`)."""
+    config = {k: v for k, v in (record.get("config") or {}).items()
+              if k not in POINT_FIELDS and k not in varied}
     return {"config": config, "version": record.get("version"),
             "config_fingerprint": fingerprint(config)}
+
+
+def _entry_fields(config, entries) -> set:
+    """'model.<field>' for every config.model field the sweep entries set (variants such as
+    lof@grouping=neighbourhood included; an entry that no longer parses sets none)."""
+    fields = set()
+    for entry in entries:
+        try:
+            fields |= {f"model.{k}" for k in methods.sweep_overrides(str(entry), config.model)}
+        except ValueError:
+            pass
+    return fields
 
 
 def _read(path: str) -> dict:
@@ -147,7 +161,7 @@ def _plan(config, workdir, overwrite, shard=(0, 1)):
     the sweep, or with `overwrite` is recomputed (removed)."""
     validation.check_workdir(workdir)
     validation.check_config(config)
-    todo, stale, checked, base = [], [], set(), None
+    todo, stale, checked, first = [], [], set(), None
     for point in points(config)[shard[0]::shard[1]]:
         category, mode, ratio, entry = point
         pc = point_config(config, mode, ratio, entry)
@@ -158,7 +172,7 @@ def _plan(config, workdir, overwrite, shard=(0, 1)):
             validation.check_split(split, category)
             checked.add(category)
         record = provenance.record(pc, split.train + split.test)
-        base = base or _base(record)
+        first = first or record
         path = point_path(workdir, category, mode, ratio, entry)
         if os.path.isfile(path):
             diff = provenance.differences(_read(path), record)
@@ -170,8 +184,11 @@ def _plan(config, workdir, overwrite, shard=(0, 1)):
     for root, _, files in sorted(os.walk(os.path.join(workdir, "points"))):
         if os.path.basename(root).startswith("."):  # another shard's point being moved
             continue
-        if "result.json" in files and root not in mine and base is not None:
-            diff = provenance.differences(_base(_read(os.path.join(root, "result.json"))), base)
+        if "result.json" in files and root not in mine and first is not None:
+            stored = _read(os.path.join(root, "result.json"))
+            varied = _entry_fields(config, [stored.get("method")] +
+                                   comma_list(config.sweep.discriminators))
+            diff = provenance.differences(_base(stored, varied), _base(first, varied))
             if diff:
                 stale.append((root, diff))
     if stale and not overwrite:
