@@ -7,12 +7,10 @@ See softpatch_jax/pipeline/sweep.py for what it writes. A rerun skips the points
 from the same config and data; a point computed from another refuses the run, or with
 --overwrite is recomputed.
 """
-import logging
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from softpatch_jax.pipeline import cli
+from softpatch_jax.pipeline import cli, console
 from softpatch_jax.pipeline.sweep import run_sweep
 
 FLAGS = flags.FLAGS
@@ -28,8 +26,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
-    logging.getLogger().setLevel(logging.INFO)
-    cli.run_or_exit(run_sweep, FLAGS.config, FLAGS.workdir, FLAGS.overwrite, FLAGS.shard)
+    console.setup(FLAGS.workdir, FLAGS.verbosity)
+    cli.run_or_exit(console.logged(run_sweep), FLAGS.config, FLAGS.workdir, FLAGS.overwrite,
+                    FLAGS.shard)
 
 
 if __name__ == "__main__":

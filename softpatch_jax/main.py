@@ -5,13 +5,18 @@ Fit and evaluate: python -m softpatch_jax.main --config configs/default.py --wor
 Score new images: python -m softpatch_jax.main --mode=predict --workdir DIR --images=a.png,dir/
 Export for deployment: python -m softpatch_jax.main --mode=export --workdir DIR [--export_batch=8]
   (DIR/export/<category>/: a jax.export scorer and a loader needing only jax and numpy)
+The console shows warnings, progress and a summary; --verbosity=1 adds library INFO logging;
+DIR/run.log gets everything (pipeline/console.py).
 """
-from absl import app, flags, logging
+import os
+
+from absl import app, flags
 from ml_collections import config_flags
 
 from softpatch_jax.export import exporter
+from softpatch_jax.io.html_report import REPORT_FILE
 from softpatch_jax.ops import sharding
-from softpatch_jax.pipeline import cli, evaluate, predict
+from softpatch_jax.pipeline import cli, console, evaluate, predict
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics.json, results.md and run files.")
@@ -44,6 +49,7 @@ def run():
             print(f"{cat}: {len(names)} images scored -> "
                   f"{FLAGS.workdir}/predictions/{cat}/scores.csv "
                   f"(highest: {names[top]} = {float(scores[top]):.6g})")
+        print(f"report: {os.path.join(os.path.abspath(FLAGS.workdir), REPORT_FILE)}")
         return
     if FLAGS.config is None:
         raise ValueError("--config is required to fit; give a config file such as "
@@ -55,8 +61,8 @@ def run():
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
-    logging.set_verbosity(logging.INFO)
-    cli.run_or_exit(run)
+    console.setup(FLAGS.workdir, FLAGS.verbosity)
+    cli.run_or_exit(console.logged(run))
 
 
 if __name__ == "__main__":

@@ -14,15 +14,14 @@ from typing import Any, Dict
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from softpatch_jax import data, methods
 from softpatch_jax.data import noise, preprocess
 from softpatch_jax.evaluation import metrics
 from softpatch_jax.features.extractor import make_extractor
-from softpatch_jax.io import checkpoint, report
+from softpatch_jax.io import checkpoint, html_report, report
 from softpatch_jax.io.files import json_safe, write_json
-from softpatch_jax.pipeline import provenance, rundir, validation
+from softpatch_jax.pipeline import console, provenance, rundir, validation
 from softpatch_jax.settings import comma_list
 
 
@@ -166,7 +165,11 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
         plots.overlays(split.test, scores.maps(), masks, d.resize, d.image_size,
                        os.path.join(out_dir, "overlay.png"),
                        f"{category}: {method.name} ({method.label})")
-    result.update(fitted.seconds, seconds_predict=round(time.time() - t_score, 2))
+    t_report = time.time()  # curves and gallery for report.html, while the maps are in memory
+    html_report.report_assets(out_dir, split.test, scores.image, scores.maps(),
+                              masks if has_masks else None, d.resize, d.image_size)
+    result["seconds_report_assets"] = round(time.time() - t_report, 2)
+    result.update(fitted.seconds, seconds_predict=round(t_report - t_score, 2))
     return result
 
 
@@ -197,7 +200,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> Dict[st
     title = run_title(config, method)
     with run.transaction():
         extractor = extractor_for(config, method)
-        for category in tqdm(categories, desc="categories", disable=len(categories) < 2):
+        for i, category in enumerate(categories):
             start = time.time()
             with run.stage(category) as out:
                 result = evaluate_category(config, category, extractor, out,
@@ -208,7 +211,11 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> Dict[st
             run.remove(stale)  # results of another config go with the first new category
             stale = []
             logging.info("%s: %s", category, result)
+            console.say(f"[{i + 1}/{len(categories)}] {category}: {console.headline(result)} "
+                        f"({result['seconds']:.1f} s)")
             report.write_results(workdir, run.results(), config.to_dict(), title)
     results = run.results()
-    print(report.markdown_table(results, title))
+    path = html_report.write_report(workdir)
+    for line in console.summary_lines(results, path, console.log_path(workdir)):
+        console.say(line)
     return results

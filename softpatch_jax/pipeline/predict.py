@@ -21,7 +21,7 @@ from softpatch_jax import methods
 from softpatch_jax.data.mvtec import IMAGE_EXTS
 from softpatch_jax.data.samples import Sample
 from softpatch_jax.features.cache import config_key
-from softpatch_jax.io import checkpoint, plots
+from softpatch_jax.io import checkpoint, html_report, plots
 from softpatch_jax.io.files import staged_dir
 from softpatch_jax.pipeline import evaluate
 from softpatch_jax.pipeline.rundir import RunDir
@@ -136,4 +136,5 @@ def predict_images(workdir: str, images: Sequence[str], category: str = "",
                     os.makedirs(os.path.dirname(dest), exist_ok=True)
                     plots.map_png(s, amap, d.resize, d.image_size, dest, vmax)
         out[cat] = (names, scores.image)
+    html_report.write_report(workdir)  # the fit's report, with a predictions section
     return out

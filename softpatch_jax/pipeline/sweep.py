@@ -18,13 +18,11 @@ import os
 import shutil
 import time
 
-from tqdm.auto import tqdm
-
 from softpatch_jax import data, methods
 from softpatch_jax.features.cache import FeatureCache, config_key
-from softpatch_jax.io import plots, report
+from softpatch_jax.io import html_report, plots, report
 from softpatch_jax.io.files import atomic_path, fingerprint, staged_dir, write_json
-from softpatch_jax.pipeline import evaluate, provenance, validation
+from softpatch_jax.pipeline import console, evaluate, provenance, validation
 from softpatch_jax.settings import comma_list
 
 
@@ -214,6 +212,7 @@ def _run_point(workdir, config, item, extractor, staging):
                       seconds=round(time.time() - start, 2))
         write_json(os.path.join(out, "result.json"), {**result, **record})
     logging.info("point %s: %s", rel, result)
+    console.say(f"{rel}: {console.headline(result)} ({result['seconds']:.1f} s)")
     return result
 
 
@@ -275,17 +274,16 @@ def run_sweep(config, workdir, overwrite: bool = False, shard: str = "0/1"):
     staging = os.path.join(workdir, f".staging-{os.getpid()}")
     extractors = {}  # one per feature kind (patch features; PaDiM's), built on first use
     try:
-        with tqdm(total=len(todo), desc="sweep points") as bar:
-            for i in range(0, len(todo), batch):
-                items = todo[i:i + batch]
-                if len(items) == 1:
-                    (category, *_), pc, method, *_ = items[0]
-                    _run_point(workdir, config, items[0],
-                               _extractor(workdir, pc, method, category, extractors), staging)
-                else:
-                    _run_batch(workdir, config, items, extractors, staging)
-                aggregate(workdir, finished_points(workdir))
-                bar.update(len(items))
+        console.say(f"{len(todo)} points to compute -> {os.path.abspath(workdir)}")
+        for i in range(0, len(todo), batch):
+            items = todo[i:i + batch]
+            if len(items) == 1:
+                (category, *_), pc, method, *_ = items[0]
+                _run_point(workdir, config, items[0],
+                           _extractor(workdir, pc, method, category, extractors), staging)
+            else:
+                _run_batch(workdir, config, items, extractors, staging)
+            aggregate(workdir, finished_points(workdir))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     rows = finished_points(workdir)
@@ -293,4 +291,5 @@ def run_sweep(config, workdir, overwrite: bool = False, shard: str = "0/1"):
         aggregate(workdir, rows)
         with open(os.path.join(workdir, "results.md")) as f:
             print(f.read())
+        console.say(f"report: {html_report.write_report(workdir)}")
     return rows
