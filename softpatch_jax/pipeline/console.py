@@ -40,11 +40,11 @@ def levels(verbosity: int):
 
 class RunLog(logging.Handler):
     """Appends every record it gets to DIR/run.log; records that come before DIR exists wait
-    in memory and are written once it does."""
+    in memory and are written once it does (never, for an empty `workdir`: a bad flag)."""
 
     def __init__(self, workdir: str, level: int = logging.INFO):
         super().__init__(level)
-        self.path = os.path.join(os.path.abspath(workdir), LOG_FILE)
+        self.path = os.path.join(os.path.abspath(workdir), LOG_FILE) if workdir else ""
         self.setFormatter(logging.Formatter(FILE_FORMAT))
         self._file = None
         self._pending: List[str] = []
@@ -53,7 +53,7 @@ class RunLog(logging.Handler):
         try:
             line = self.format(record) + "\n"
             if self._file is None:
-                if not os.path.isdir(os.path.dirname(self.path)):
+                if not self.path or not os.path.isdir(os.path.dirname(self.path)):
                     self._pending.append(line)
                     return
                 self._file = open(self.path, "a", encoding="utf-8")
@@ -171,6 +171,7 @@ def _seconds(v) -> str:
 def log_path(workdir: str) -> str:
     """DIR/run.log when this process writes one (after `setup`), else ''."""
     for h in logging.getLogger().handlers:
-        if isinstance(h, RunLog) and h.path == os.path.join(os.path.abspath(workdir), LOG_FILE):
+        if isinstance(h, RunLog) and h.path and h.path == os.path.join(os.path.abspath(workdir),
+                                                                         LOG_FILE):
             return h.path
     return ""

@@ -56,6 +56,17 @@ def test_run_log_waits_for_the_workdir(tmp_path):
     lines = (work / "run.log").read_text().splitlines()
     assert [line.split("] ", 1)[1] for line in lines] == ["before", "after"]
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO test_console.buffer ", lines[0])
+    # An empty --workdir (a bad flag) writes nowhere, not into the current folder.
+    empty = console.RunLog("")
+    logger.addHandler(empty)
+    try:
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        logger.info("nowhere")
+    finally:
+        os.chdir(cwd)
+        logger.removeHandler(empty)
+    assert sorted(os.listdir(tmp_path)) == ["new"]
 
 
 def test_setup_keeps_library_info_off_the_console(tmp_path, root_logger, capsys):
