@@ -882,6 +882,10 @@ def point_report(workdir: str, rel: str, result: dict) -> str:
 SWEPT_FIELDS = ("noise.mode", "noise.ratio", "model.method", "model.discriminator")
 
 
+def _seconds(v) -> str:
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
 def _plain(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -929,9 +933,10 @@ def sweep_report(workdir: str) -> str:
                                             height=280))
     cols = [k for k, _ in QUALITY if any(_present(r.get(k)) for _, r in pts)]
     labels = dict(QUALITY)
-    rows = [[esc(str(r.get("category"))), esc(str(r.get("mode"))), _fmt(r.get("ratio")),
+    rows = [[esc(str(r.get("category"))), esc(str(r.get("mode"))), esc(_plain(r.get("ratio"))),
              esc(str(r.get("method")))] + [_fmt(r.get(k)) for k in cols]
-            + [_fmt(r.get("seconds")), f'<a href="{link[rel]}">report</a>'] for rel, r in pts]
+            + [_seconds(r.get("seconds")), f'<a href="{link[rel]}">report</a>']
+            for rel, r in pts]
     table = _table(["category", "mode", "ratio", "method"] + [labels[k] for k in cols]
                    + ["seconds", "point"], rows)
     means = ""

@@ -325,6 +325,7 @@ def test_sweep_report_links_every_point_to_its_report(tmp_path, category):
     assert len(page.all("svg", **{"class": "chart"})) == 2  # per category x mode x metric
     assert "mean over categories" in page.words.lower()
     assert "overlap, noise 0.1, lof 0.7250" in page.words  # (0.7 + 0.75) / 2
+    assert "a overlap 0.1 lof 0.7000 1.0 report" in page.words  # the row of one point
     point = _Page(open(os.path.join(w, rels[0], "report.html")).read())
     assert point.all("a", href="../../../../report.html") and point.all("img")
     assert len(point.all("polyline", **{"class": "curve"})) == 4
