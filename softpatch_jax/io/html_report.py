@@ -52,8 +52,9 @@ DECISION = (("image_precision", "image precision"), ("image_recall", "image reca
 AUDIT = (("audit_auroc", "audit AUROC"), ("audit_ap", "audit AP"),
          ("audit_precision_at_n", "precision@n"), ("audit_found_at_n", "found in top n"),
          ("audit_flagged", "flagged"))
-COUNTS = (("n_train_clean", "train (clean)"), ("n_noise", "injected"), ("n_test", "test"),
-          ("n_test_anomalous", "test anomalous"), ("seconds", "seconds"))
+# The data summary's columns (`_data_row`); overlap: injected images that are also test images.
+DATA_HEADER = ("category", "train (clean)", "injected", "overlap", "test normal",
+               "test anomalous")
 # Config fields shown up front (the whole config is one click further).
 KEY_FIELDS = ("seed", "data.name", "data.root", "data.category", "data.resize",
               "data.image_size", "data.max_train", "data.max_test", "noise.ratio", "noise.mode",
@@ -468,7 +469,7 @@ def _threshold(folder: str, result: dict) -> Optional[float]:
     return _float(stored.get("image_threshold", result.get("threshold_image")))
 
 
-def _data_rows(name: str, folder: str, result: dict, link: str = "") -> list:
+def _data_row(name: str, folder: str, result: dict, link: str = "") -> list:
     """One data-summary row: counts, and the injected files (which are also test images)."""
     injected = _read_json(os.path.join(folder, "noise.json")) or []
     scored = _scores(folder)
@@ -817,15 +818,14 @@ def fit_report(workdir: str) -> str:
     else:
         summary.append("<p>No finished category yet.</p>")
     summary.append(_links(workdir, ("metrics.json", "results.md", "run.log")) + "</section>")
-    data_rows = [_data_rows(c, folders[c], r, anchors[c]) for c, r in results.items()]
+    data_rows = [_data_row(c, folders[c], r, anchors[c]) for c, r in results.items()]
     data = ""
     if data_rows:
         mode = _noise_mode(config)
         data = ('<section id="data"><h2>Data</h2>'
                 f"<p>Noise: ratio {_fmt(_get(config or {}, 'noise.ratio'))}, mode "
                 f"{esc(mode)}. Overlap: injected images that are also test images.</p>"
-                + _table(["category", "train (clean)", "injected", "overlap", "test normal",
-                          "test anomalous"], data_rows)
+                + _table(DATA_HEADER, data_rows)
                 + "".join(f"<h4>{esc(c)}</h4>{_injected_list(folders[c])}" for c in results)
                 + "</section>")
     sections = [_category_section(c, folders[c], r, os.path.join("categories", c),
@@ -871,9 +871,9 @@ def point_report(workdir: str, rel: str, result: dict) -> str:
     title = (f"{name}: {result.get('method')}, noise {_plain(result.get('ratio'))} "
              f"({result.get('mode')})")
     section = _category_section(name, folder, result, ".", _anchor(name))
-    data = ('<section id="data"><h2>Data</h2>' + _table(
-        ["category", "train (clean)", "injected", "overlap", "test normal", "test anomalous"],
-        [_data_rows(name, folder, result)]) + _injected_list(folder) + "</section>")
+    data = ('<section id="data"><h2>Data</h2>'
+            + _table(DATA_HEADER, [_data_row(name, folder, result)]) + _injected_list(folder)
+            + "</section>")
     page = _page(title, _stamp(folder), [(back, "back to the sweep")],
                  [section, data, _config_section(result.get("config"))])
     return _write(os.path.join(folder, REPORT_FILE), page)
