@@ -144,7 +144,7 @@ def summary_lines(results: Dict[str, dict], report_path: str = "",
                   log_path: str = "") -> List[str]:
     """The table that ends a fit: category, image AUROC, pixel AUROC, AUPRO and seconds per
     category (a mean row, with the total seconds, when there are several), then the paths of
-    the report and the log."""
+    the log and the report."""
     header = ["category", "image AUROC", "pixel AUROC", "AUPRO", "seconds"]
     keys = ("image_auroc", "pixel_auroc", "aupro")
     rows = [[name] + [report.fmt(r.get(k)) for k in keys] + [_seconds(r.get("seconds"))]
@@ -157,10 +157,10 @@ def summary_lines(results: Dict[str, dict], report_path: str = "",
     line = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                  for i, (c, w) in enumerate(zip(row, widths))).rstrip()
     out = [line(header)] + [line(r) for r in rows]
-    if report_path:
-        out.append(f"report: {report_path}")
     if log_path:
         out.append(f"log: {log_path}")
+    if report_path:  # the last line: what to open next
+        out.append(f"report: {report_path}")
     return out
 
 

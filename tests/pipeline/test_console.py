@@ -116,8 +116,8 @@ def test_summary_lines():
         "mono           0.9400            -      -        112.0",
         "poly           0.7210       0.5000      -         70.0",
         "mean           0.8305       0.5000      -  182.0 total",
-        "report: /w/report.html",
-        "log: /w/run.log"]
+        "log: /w/run.log",
+        "report: /w/report.html"]
     assert console.summary_lines({"a": {}}) == [
         "category  image AUROC  pixel AUROC  AUPRO  seconds",
         "a                   -            -      -        -"]
@@ -149,7 +149,7 @@ def test_the_command_line_is_quiet_and_logs_everything(mvtec_root, tmp_path, cac
     seen = _console_lines(fit.stdout + fit.stderr)
     assert len(seen) <= 8, seen
     assert re.fullmatch(r"category +image AUROC +pixel AUROC +AUPRO +seconds", seen[-4]), seen
-    assert seen[-2] == f"report: {work / 'report.html'}" and seen[-1] == f"log: {work / 'run.log'}"
+    assert seen[-2] == f"log: {work / 'run.log'}" and seen[-1] == f"report: {work / 'report.html'}"
     assert (work / "report.html").is_file()
     log = (work / "run.log").read_text()
     assert "CheckpointManager" in log and "[1/1] widget: image AUROC" in log
