@@ -223,10 +223,199 @@ def study_markdown(config, rows) -> str:
     secs = {}
     for r in rows:
         secs.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(r.get("seconds"))
-    cells = {d: {m: report.mean(v) for m, v in per.items()} for d, per in secs.items()}
-    lines += ["## seconds per point (mean)", ""]
-    lines += report.table(cells, columns, corner="dataset", mean_row=False)
+    lines += ["## seconds per point (mean)", "", "| dataset | " + " | ".join(columns) + " |",
+              "|---" * (len(columns) + 1) + "|"]
+    for d, per in secs.items():
+        means = [report.mean(per.get(m, [])) for m in columns]
+        lines.append(f"| {d} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in means)
+                     + " |")
+    lines.append("")
+    lines += goals_markdown(config, rows)
     return "\n".join(lines) + "\n"
+
+
+# Proposed defaults and the issue's goals, from the same rows. A cell is one row of the tables
+# (dataset or ELPV category, noise setting); clean PatchCore is `sweep.reference` at ratio 0 of
+# the cell's dataset and category (else `none` at ratio 0).
+
+def _cells(rows) -> Dict[str, dict]:
+    """{row label: {'dataset', 'category', 'ratio', 'mode', 'm': {method: point}}}."""
+    cells = collections.OrderedDict()
+    for r in rows:
+        c = cells.setdefault(r["row"], {k: r[k] for k in ("dataset", "category", "ratio", "mode")})
+        c.setdefault("m", {})[r["method"]] = r
+    return cells
+
+
+def _value(cell, method, metric):
+    point = cell["m"].get(method)
+    return None if point is None else point.get(metric)
+
+
+def _clean_patchcore(cells, cell, reference: str):
+    """Image and pixel AUROC of PatchCore on clean data for the cell's dataset and category."""
+    for name in comma_list(reference) + ["none"]:
+        for other in cells.values():
+            if (other["dataset"], other["category"], other["ratio"]) == (
+                    cell["dataset"], cell["category"], 0.0) and name in other["m"]:
+                return {m: _value(other, name, m) for m in ("image_auroc", "pixel_auroc")}
+    return None
+
+
+def choose_default(config, rows, family: str) -> Tuple[str, List[str]]:
+    """The rule: among the entries of `family` (the family's name and its `name@...` variants),
+    the one with the best mean image AUROC over all cells, among those that lose at most
+    `sweep.aligned_tolerance` image and pixel AUROC against the family's default entry on every
+    aligned cell (datasets of `sweep.aligned`, every setting) and have every cell the default
+    has; a variant must beat the default's mean by more than 0.001 to replace it.
+    -> (chosen entry, markdown lines)."""
+    cells = _cells(rows)
+    aligned = set(comma_list(config.sweep.aligned))
+    misaligned = set(comma_list(config.sweep.misaligned))
+    tol = config.sweep.aligned_tolerance
+    variants = [m for m in _columns(config, rows) if m.split("@")[0] == family]
+    have = [k for k, c in cells.items() if family in c["m"]]
+    stats = {}
+    for v in variants:
+        img = [_value(cells[k], v, "image_auroc") for k in have]
+        worst = {}
+        for metric in ("image_auroc", "pixel_auroc"):
+            losses = [_value(cells[k], family, metric) - _value(cells[k], v, metric)
+                      for k in have if cells[k]["dataset"] in aligned
+                      and _value(cells[k], family, metric) is not None
+                      and _value(cells[k], v, metric) is not None]
+            worst[metric] = max(losses) if losses else None
+        complete = all(x is not None for x in img)
+        def mean_of(group):  # noqa: E306
+            return report.mean(_value(cells[k], v, "image_auroc") for k in have
+                               if cells[k]["dataset"] in group)
+        stats[v] = dict(mean=report.mean(img), aligned=mean_of(aligned),
+                        misaligned=mean_of(misaligned), worst_image=worst["image_auroc"],
+                        worst_pixel=worst["pixel_auroc"], complete=complete,
+                        eligible=complete and all(w is None or w <= tol + 1e-12
+                                                  for w in worst.values()))
+    chosen = family
+    if family in stats:
+        best = max((v for v in variants if stats[v]["eligible"]), default=family,
+                   key=lambda v: stats[v]["mean"])
+        if stats[best]["mean"] > stats[family]["mean"] + 0.001:
+            chosen = best
+    lines = [f"### {family}: variants by the rule", "",
+             "| entry | mean image AUROC, all cells | aligned | misaligned | worst aligned "
+             "image loss | worst aligned pixel loss | complete | eligible |",
+             "|---" * 8 + "|"]
+    for v in variants:
+        st = stats[v]
+        lines.append(f"| {v}{' **(chosen)**' if v == chosen else ''} | {report.fmt(st['mean'])} | "
+                     f"{report.fmt(st['aligned'])} | {report.fmt(st['misaligned'])} | "
+                     f"{report.fmt(st['worst_image'])} | {report.fmt(st['worst_pixel'])} | "
+                     f"{'yes' if st['complete'] else 'no'} | {'yes' if st['eligible'] else 'no'} |")
+    return chosen, lines + [""]
+
+
+def goals_markdown(config, rows) -> List[str]:
+    """The rule's choices and the issue's three goals, cell by cell, with the cells that miss."""
+    cells = _cells(rows)
+    aligned = set(comma_list(config.sweep.aligned))
+    misaligned = set(comma_list(config.sweep.misaligned))
+    tol = config.sweep.aligned_tolerance
+    sp, spp = choose_default(config, rows, "lof"), choose_default(config, rows, "softpatch_plus")
+    (lof, lof_lines), (plus, plus_lines) = sp, spp
+    lines = ["## Proposed defaults", "",
+             f"Rule: per family, the entry with the best mean image AUROC over all cells, among "
+             f"those with every cell and losing at most {tol:g} image and pixel AUROC against the "
+             "family's default (position grouping) on every aligned cell "
+             f"({', '.join(sorted(aligned))}); it must beat the default's mean by more than "
+             "0.001.", ""] + lof_lines + plus_lines
+    f = report.fmt
+    ref = config.sweep.reference
+    # Goal 1: misaligned, 0.1 overlap: at least half of the gap to clean PatchCore recovered.
+    lines += ["## Goals", "", f"Chosen: SoftPatch `{lof}`, SoftPatch+ `{plus}`.", "",
+              "**1a.** Misaligned parts, 0.1 overlap: the chosen SoftPatch recovers at least half "
+              "of the image-AUROC gap between SoftPatch-LOF (position) and clean PatchCore.", "",
+              "| cell | SP-LOF | chosen | clean PatchCore | gap | recovered | met |",
+              "|---" * 7 + "|"]
+    misses = []
+    for k, c in cells.items():
+        if c["dataset"] not in misaligned or (c["ratio"], c["mode"]) != (0.1, "overlap"):
+            continue
+        base, new = _value(c, "lof", "image_auroc"), _value(c, lof, "image_auroc")
+        clean = (_clean_patchcore(cells, c, ref) or {}).get("image_auroc")
+        if None in (base, new, clean):
+            lines.append(f"| {k} | {f(base)} | {f(new)} | {f(clean)} | - | - | missing |")
+            continue
+        gap = clean - base
+        share = (new - base) / gap if gap > 0 else None
+        met = gap <= 0 and new >= base - 1e-12 or gap > 0 and share >= 0.5
+        misses += [] if met else [f"1a {k}"]
+        lines.append(f"| {k} | {f(base)} | {f(new)} | {f(clean)} | {gap:+.4f} | "
+                     f"{'-' if share is None else f'{share:.0%}'} | {'yes' if met else '**no**'} |")
+    lines += ["", f"**1b.** Aligned parts, every setting: the chosen SoftPatch loses at most "
+              f"{tol:g} image / pixel AUROC against position grouping.", ""]
+    lines += _loss_table(cells, [k for k, c in cells.items() if c["dataset"] in aligned],
+                         "lof", lof, tol, ("image_auroc", "pixel_auroc"), "1b", misses)
+    # Goal 2: SoftPatch+ never more than 0.01 below SoftPatch-LOF; its pixel lead under overlap.
+    lines += ["", "**2a.** The chosen SoftPatch+ is never more than 0.01 below the chosen "
+              "SoftPatch (and today's SoftPatch-LOF) on image AUROC, in any cell.", ""]
+    lines += _loss_table(cells, list(cells), lof, plus, 0.01, ("image_auroc",), "2a", misses)
+    if lof != "lof":
+        lines += [""] + _loss_table(cells, list(cells), "lof", plus, 0.01, ("image_auroc",),
+                                    "2a (today's LOF)", misses)
+    lines += ["", "**2b.** Under overlap the chosen SoftPatch+ keeps a pixel-AUROC lead over "
+              "the chosen SoftPatch.", "", "| cell | SoftPatch | SoftPatch+ | lead | met |",
+              "|---" * 5 + "|"]
+    for k, c in cells.items():
+        if c["mode"] == "no_overlap":
+            continue
+        a, b = _value(c, lof, "pixel_auroc"), _value(c, plus, "pixel_auroc")
+        if a is None or b is None:
+            continue
+        misses += [] if b > a else [f"2b {k}"]
+        lines.append(f"| {k} | {f(a)} | {f(b)} | {b - a:+.4f} | {'yes' if b > a else '**no**'} |")
+    # Goal 3: without overlap, at most 0.02 below PatchCore (clean, and in the same cell).
+    lines += ["", "**3.** Without overlap the chosen SoftPatch and SoftPatch+ lose at most 0.02 "
+              "image AUROC to clean PatchCore (and to PatchCore, `none`, in the same cell).", "",
+              "| cell | clean PatchCore | PatchCore here | SoftPatch | SoftPatch+ | worst loss "
+              "(clean) | worst loss (here) | met |", "|---" * 8 + "|"]
+    for k, c in cells.items():
+        if c["mode"] != "no_overlap":
+            continue
+        clean = (_clean_patchcore(cells, c, ref) or {}).get("image_auroc")
+        here = _value(c, "none", "image_auroc")
+        ours = [_value(c, m, "image_auroc") for m in (lof, plus)]
+        if None in ours or clean is None:
+            continue
+        worst_clean = clean - min(ours)
+        worst_here = None if here is None else here - min(ours)
+        met = worst_clean <= 0.02 + 1e-12
+        misses += [] if met else [f"3 {k}"]
+        lines.append(f"| {k} | {f(clean)} | {f(here)} | {f(ours[0])} | {f(ours[1])} | "
+                     f"{worst_clean:+.4f} | {'-' if worst_here is None else f'{worst_here:+.4f}'}"
+                     f" | {'yes' if met else '**no**'} |")
+    lines += ["", "Cells that miss: " + ("; ".join(misses) if misses else "none"), ""]
+    return lines
+
+
+def _loss_table(cells, keys, base: str, new: str, tol: float, metrics, goal: str,
+                misses: List[str]) -> List[str]:
+    """Rows of `new` against `base` per cell: each metric's loss; a loss above `tol` misses."""
+    lines = ["| cell | " + " | ".join(f"{base} {m} | {new} {m} | loss" for m in metrics)
+             + " | met |", "|---" * (1 + 3 * len(metrics) + 1) + "|"]
+    for k in keys:
+        c = cells[k]
+        vals = [(_value(c, base, m), _value(c, new, m)) for m in metrics]
+        if any(a is None or b is None for a, b in vals[:1]):
+            continue
+        parts, met = [], True
+        for a, b in vals:
+            if a is None or b is None:
+                parts.append(f"{report.fmt(a)} | {report.fmt(b)} | -")
+                continue
+            met &= a - b <= tol + 1e-12
+            parts.append(f"{a:.4f} | {b:.4f} | {a - b:+.4f}")
+        misses += [] if met else [f"{goal} {k}"]
+        lines.append(f"| {k} | " + " | ".join(parts) + f" | {'yes' if met else '**no**'} |")
+    return lines
 
 
 def write_study(config, root: str) -> str:
