@@ -89,6 +89,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.fyd.pred_dim = 64
     config.fyd.checkpoint_every = 1       # epochs
 
+    # The training-set audit (which training images are defective) and the label-free decision
+    # thresholds (pipeline/decisions.py); no test label is read for either.
+    config.audit = ml_collections.ConfigDict()
+    config.audit.enabled = True
+    config.audit.score = "left_out"       # left_out (its left-out anomaly score) | quantile | max |
+    #                                       mean | removed_share (of its denoising's patch scores)
+    config.audit.quantile = 0.9           # audit.score=quantile: this quantile of its patch scores
+    config.audit.contamination = "auto"   # share flagged as defective, or auto (modified z > 3.5)
+    config.audit.lof_pass = True          # patch-score rules without a discriminator: a LOF pass
+
+    config.threshold = ml_collections.ConfigDict()
+    config.threshold.source = "auto"      # auto | leave_one_out | kfold | none
+    config.threshold.folds = 5            # kfold (and auto where leave-one-out has no form)
+    config.threshold.false_reject = 0.01  # image threshold: this share of normal images rejected
+    config.threshold.pixel_false_reject = 0.01  # pixel threshold: share of normal pixels
+
     config.runtime = ml_collections.ConfigDict()
     config.runtime.memory_budget_mb = 1024
     config.runtime.multi_device = True    # >1 device: data-parallel extraction, sharded bank

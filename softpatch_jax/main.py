@@ -30,6 +30,9 @@ flags.DEFINE_string("category", "", "Predict and export modes: the fitted catego
                     "('' = all).")
 flags.DEFINE_integer("export_batch", exporter.DEFAULT_BATCH, "Export mode: images per call of "
                      "the exported scorer (fixed at export; the loader pads the last batch).")
+flags.DEFINE_float("threshold", None, "Predict and export modes: the image threshold for "
+                   "verdicts (score >= it is anomalous), overriding the label-free one stored "
+                   "at fit time.")
 flags.DEFINE_bool("overwrite", False, "Fit: replace results of another config in --workdir "
                   "(without it such a run refuses to start).")
 flags.mark_flags_as_required(["workdir"])
@@ -37,17 +40,18 @@ flags.mark_flags_as_required(["workdir"])
 
 def run():
     if FLAGS.mode == "export":
-        threshold = FLAGS["threshold"].value if "threshold" in FLAGS else None  # predict's flag
+        threshold = FLAGS.threshold
         for cat, folder in exporter.export_workdir(FLAGS.workdir, FLAGS.category,
                                                    FLAGS.export_batch, threshold).items():
             print(f"{cat}: exported -> {folder} (python {folder}/loader.py {folder} IMAGE...)")
         return
     if FLAGS.mode == "predict":
-        for cat, (names, scores) in predict.predict_images(FLAGS.workdir, FLAGS.images,
-                                                           FLAGS.category).items():
+        for cat, (names, scores) in predict.predict_images(
+                FLAGS.workdir, FLAGS.images, FLAGS.category, threshold=FLAGS.threshold).items():
             top = int(scores.argmax())
-            print(f"{cat}: {len(names)} images scored -> "
-                  f"{FLAGS.workdir}/predictions/{cat}/scores.csv "
+            verdicts = predict.verdict_counts(FLAGS.workdir, cat)
+            print(f"{cat}: {len(names)} images scored{verdicts} -> "
+                  f"{FLAGS.workdir}/predictions/{cat}/predictions.csv "
                   f"(highest: {names[top]} = {float(scores[top]):.6g})")
         print(f"report: {os.path.join(os.path.abspath(FLAGS.workdir), REPORT_FILE)}")
         return

@@ -1,8 +1,11 @@
-"""Image and pixel AUROC and the maximum F1 (scikit-learn's roc_auc_score and
-precision_recall_curve), the MVTec AUPRO (ours: no library has it) and AUROC per defect type."""
+"""Image and pixel AUROC, average precision and the maximum F1 (scikit-learn's roc_auc_score,
+average_precision_score and precision_recall_curve), the MVTec AUPRO (ours: no library has it),
+AUROC per defect type, and the figures of binary decisions at a threshold."""
+from typing import Dict
+
 import numpy as np
 from scipy.ndimage import label
-from sklearn.metrics import precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 
 def auroc(labels, scores) -> float:
@@ -15,6 +18,62 @@ def auroc(labels, scores) -> float:
     if n_pos == 0 or n_pos == labels.size:
         return float("nan")
     return float(roc_auc_score(labels, scores))
+
+
+def _flat_pair(labels, scores):
+    labels = np.asarray(labels).ravel().astype(bool)
+    scores = np.asarray(scores, np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} differ in size")
+    return labels, scores
+
+
+def average_precision(labels, scores) -> float:
+    """labels: (N,) {0,1} (any shape, flattened); scores: same shape. Area under the
+    precision-recall curve as scikit-learn's average_precision_score (step-wise, no
+    interpolation). NaN if there is no positive."""
+    labels, scores = _flat_pair(labels, scores)
+    if not labels.any():
+        return float("nan")
+    return float(average_precision_score(labels, scores))
+
+
+def _check_maps(masks, maps):
+    masks, maps = np.asarray(masks), np.asarray(maps)
+    if masks.shape != maps.shape:
+        raise ValueError(f"masks {masks.shape} do not match anomaly maps {maps.shape}")
+    return masks, maps
+
+
+def pixel_ap(masks, maps) -> float:
+    """masks: (T, H, W) {0,1}; maps: (T, H, W) -> average precision over all test pixels."""
+    return average_precision(*_check_maps(masks, maps))
+
+
+def pixel_f1_max(masks, maps) -> float:
+    """masks: (T, H, W) {0,1}; maps: (T, H, W) -> maximum F1 over all pixel thresholds."""
+    return f1_max(*_check_maps(masks, maps))
+
+
+def decisions(labels, predicted) -> Dict[str, float]:
+    """labels, predicted: (N,) {0,1} (any shape, flattened; pixels or images) -> precision,
+    recall, f1, false_reject (normals predicted anomalous / normals), false_accept (anomalies
+    predicted normal / anomalies) and iou (|both| / |either|). A ratio whose denominator is 0
+    is NaN (precision when nothing is predicted anomalous)."""
+    labels = np.asarray(labels).ravel().astype(bool)
+    predicted = np.asarray(predicted).ravel().astype(bool)
+    if labels.shape != predicted.shape:
+        raise ValueError(f"labels {labels.shape} and predictions {predicted.shape} differ in size")
+    tp = int(np.sum(labels & predicted))
+    fp = int(np.sum(~labels & predicted))
+    fn = int(np.sum(labels & ~predicted))
+    tn = int(np.sum(~labels & ~predicted))
+    ratio = lambda a, b: a / b if b else float("nan")
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {"precision": precision, "recall": recall,
+            "f1": ratio(2 * tp, 2 * tp + fp + fn),
+            "false_reject": ratio(fp, fp + tn), "false_accept": ratio(fn, tp + fn),
+            "iou": ratio(tp, tp + fp + fn)}
 
 
 def pixel_auroc(masks, maps) -> float:

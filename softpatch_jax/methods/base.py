@@ -39,6 +39,15 @@ class Scores:
         return self._maps
 
 
+@dataclasses.dataclass
+class TrainingNoise:
+    """What a method's denoising says about its B training images: `patch_scores` (B, P), higher
+    = more likely noise (a discriminator's scores, or SoftPatch+'s fused ranks), and `removed`
+    (B, P) bool, the patches it kept out of the memory bank (None where it removes none)."""
+    patch_scores: np.ndarray
+    removed: Optional[np.ndarray] = None
+
+
 class Method:
     """The interface of a method; see the module docstring. Subclasses set `name` (the
     registry's key, `model.method`) and `features` (a FeatureSpec) and implement `fit`, `score`
@@ -77,8 +86,20 @@ class Method:
             progress: bool = True):
         raise NotImplementedError
 
+    def fit_with_noise(self, features: Features, key: jax.Array, learned: Any = None,
+                       progress: bool = True) -> Tuple[Any, Optional[TrainingNoise]]:
+        """`fit`, and what its denoising found in the training images (None without one)."""
+        return self.fit(features, key, learned, progress), None
+
     def score(self, fitted, features: Features) -> Scores:
         raise NotImplementedError
+
+    def training_scores(self, fitted, features: Features) -> Scores:
+        """Scores of the B training images in `features` (those `fitted` was fitted on, in the
+        same order), each as if it had been left out of the fit (leave-own-image-out), for
+        thresholds from unlabeled data. NotImplementedError where the method has no such
+        one-pass form (the caller then refits on folds)."""
+        raise NotImplementedError(f"{self.name} has no leave-own-image-out scoring")
 
     def fitted_from_arrays(self, arrays: Dict[str, Any]):
         raise NotImplementedError

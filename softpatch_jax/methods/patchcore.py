@@ -27,14 +27,22 @@ from softpatch_jax.settings import comma_list
 class MemoryBank:
     features: np.ndarray          # (M, D) chosen patch features
     weights: np.ndarray           # (M,) soft weights (ones without a discriminator)
+    # (M,) int32: the training image each entry came from (leave-own-image-out scoring); None
+    # in models saved before it existed.
+    sources: Optional[np.ndarray] = None
 
     def to_arrays(self, prefix: str = "") -> Dict[str, np.ndarray]:
-        return {prefix + "features": np.asarray(self.features),
-                prefix + "weights": np.asarray(self.weights)}
+        arrays = {prefix + "features": np.asarray(self.features),
+                  prefix + "weights": np.asarray(self.weights)}
+        if self.sources is not None:
+            arrays[prefix + "sources"] = np.asarray(self.sources)
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "") -> "MemoryBank":
-        return cls(np.asarray(arrays[prefix + "features"]), np.asarray(arrays[prefix + "weights"]))
+        sources = arrays.get(prefix + "sources")
+        return cls(np.asarray(arrays[prefix + "features"]), np.asarray(arrays[prefix + "weights"]),
+                   None if sources is None else np.asarray(sources))
 
 
 def build_bank(train_features: np.ndarray, sampling: np.ndarray, soft: np.ndarray,
@@ -60,16 +68,29 @@ def build_bank(train_features: np.ndarray, sampling: np.ndarray, soft: np.ndarra
             reduced = sampler.project(train_features, key_proj)
         idx = sampler.select(reduced, m, key_start, jnp.asarray(sampling.reshape(-1)))
     flat = train_features.reshape(n, d)
-    return MemoryBank(np.asarray(flat[idx]), soft.reshape(-1)[idx]), idx
+    sources = (np.asarray(idx) // p).astype(np.int32)
+    return MemoryBank(np.asarray(flat[idx]), soft.reshape(-1)[idx], sources), idx
 
 
 def patch_scores(test_features: np.ndarray, bank: MemoryBank, search, soft_weight: bool = True,
-                 num_nn: int = 1) -> np.ndarray:
+                 num_nn: int = 1, exclude: Optional[np.ndarray] = None,
+                 budget_mb: float = 1024) -> np.ndarray:
     """(T, P, D) test features -> (T, P) patch scores: mean squared distance to the num_nn
     nearest entries (the official anomaly_score_num_nn; 1 = SoftPatch), times the nearest
-    entry's soft weight when `soft_weight`. `search`: a nearest-neighbour strategy (ops.knn)."""
+    entry's soft weight when `soft_weight`. `search`: a nearest-neighbour strategy (ops.knn).
+    `exclude` (T,) int: image t never meets the bank entries whose source is exclude[t]
+    (leave-own-image-out scoring of training images; needs `bank.sources`)."""
     t, p, d = test_features.shape
-    dist, idx = search.k_nearest(test_features.reshape(t * p, d), bank.features, num_nn)
+    queries = test_features.reshape(t * p, d)
+    if exclude is None:
+        dist, idx = search.k_nearest(queries, bank.features, num_nn)
+    else:
+        if bank.sources is None:
+            raise NotImplementedError("the memory bank does not record its entries' source "
+                                      "images (a model saved by an earlier version)")
+        groups = np.repeat(np.asarray(exclude, np.int32), p)
+        dist, idx = knn.k_nearest_excluding(queries, groups, bank.features, bank.sources,
+                                            num_nn, budget_mb, search)
     score = dist.mean(axis=1)
     if soft_weight:
         score = score * bank.weights[idx[:, 0]]
@@ -146,11 +167,12 @@ class PatchCore(Method):
                              dataclasses.replace(self.sampler, progress=progress))
         return bank
 
-    def bank_scores(self, bank: MemoryBank, features: Features, soft_weight: bool) -> np.ndarray:
-        """(T, h, w) patch-score grids against one bank."""
+    def bank_scores(self, bank: MemoryBank, features: Features, soft_weight: bool,
+                    exclude: Optional[np.ndarray] = None) -> np.ndarray:
+        """(T, h, w) patch-score grids against one bank (`exclude`: see `patch_scores`)."""
         t = len(features)
-        return patch_scores(features.patches, bank, self.search, soft_weight,
-                            self.num_nn).reshape(t, *features.grid)
+        return patch_scores(features.patches, bank, self.search, soft_weight, self.num_nn,
+                            exclude, self.budget_mb).reshape(t, *features.grid)
 
     def image_scores(self, bank: MemoryBank, features: Features, grids: np.ndarray) -> np.ndarray:
         patch = grids.reshape(len(features), -1)
@@ -159,10 +181,19 @@ class PatchCore(Method):
                                            self.reweight_neighbours, self.budget_mb)
         return patch.max(axis=1)
 
-    def score(self, fitted: MemoryBank, features: Features) -> Scores:
-        grids = self.bank_scores(fitted, features, soft_weight=False)
+    def score(self, fitted: MemoryBank, features: Features,
+              exclude: Optional[np.ndarray] = None) -> Scores:
+        grids = self.bank_scores(fitted, features, False, exclude)
         return Scores(self.image_scores(fitted, features, grids), grids, self.image_size,
                       self.blur_sigma)
+
+    def training_scores(self, fitted, features: Features) -> Scores:
+        """Each training image scored without the bank entries taken from it: one more 1-NN
+        pass over the training patches (`score` with `exclude`)."""
+        if self.reweight_neighbours > 0:  # its bank-neighbour support has no such form
+            raise NotImplementedError("model.reweight_neighbours > 0 has no leave-own-image-out "
+                                      "scoring")
+        return self.score(fitted, features, exclude=np.arange(len(features)))
 
     def fitted_from_arrays(self, arrays) -> MemoryBank:
         return MemoryBank.from_arrays(arrays)

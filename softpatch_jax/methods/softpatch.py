@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from scipy.stats import rankdata
 
-from softpatch_jax.methods.base import Features, Scores
+from softpatch_jax.methods.base import Features, Scores, TrainingNoise
 from softpatch_jax.methods.patchcore import MemoryBank, PatchCore, bank_options, build_bank
 from softpatch_jax.methods.registry import register
 from softpatch_jax.ops import discriminators
@@ -224,8 +224,16 @@ class SoftPatch(PatchCore):
             progress: bool = True) -> MemoryBank:
         return self.fit_details(features, key, progress).bank
 
-    def score(self, fitted: MemoryBank, features: Features) -> Scores:
-        grids = self.bank_scores(fitted, features, self.soft_weight)
+    def fit_with_noise(self, features: Features, key: jax.Array, learned=None,
+                       progress: bool = True):
+        details = self.fit_details(features, key, progress)
+        if details.patch_scores is None:
+            return details.bank, None
+        return details.bank, TrainingNoise(details.patch_scores, details.sampling_weights == 0)
+
+    def score(self, fitted: MemoryBank, features: Features,
+              exclude: Optional[np.ndarray] = None) -> Scores:
+        grids = self.bank_scores(fitted, features, self.soft_weight, exclude)
         return Scores(self.image_scores(fitted, features, grids), grids, self.image_size,
                       self.blur_sigma)
 
@@ -344,10 +352,18 @@ class SoftPatchPlus(SoftPatch):
         cls, seg = self.fit_details(features, key, progress)
         return TwoBanks(cls.bank, seg.bank)
 
-    def score(self, fitted: TwoBanks, features: Features) -> Scores:
-        cls_grids = self.bank_scores(fitted.classification, features, self.soft_weight)
+    def fit_with_noise(self, features: Features, key: jax.Array, learned=None,
+                       progress: bool = True):
+        cls, seg = self.fit_details(features, key, progress)
+        return TwoBanks(cls.bank, seg.bank), TrainingNoise(cls.patch_scores,
+                                                           cls.sampling_weights == 0)
+
+    def score(self, fitted: TwoBanks, features: Features,
+              exclude: Optional[np.ndarray] = None) -> Scores:
+        cls_grids = self.bank_scores(fitted.classification, features, self.soft_weight, exclude)
         image = self.image_scores(fitted.classification, features, cls_grids)
-        grids = self.bank_scores(fitted.segmentation, features, self.soft_weight)  # maps
+        grids = self.bank_scores(fitted.segmentation, features, self.soft_weight,
+                                 exclude)  # maps
         return Scores(image, grids, self.image_size, self.blur_sigma)
 
     def fitted_from_arrays(self, arrays) -> TwoBanks:

@@ -94,6 +94,57 @@ def nearest_neighbour(queries, bank, budget_mb: float = 1024):
     return d[:, 0], i[:, 0]
 
 
+@functools.partial(jax.jit, static_argnames=("k",))
+def _excluding_chunk(queries, groups, bank, bank_sq, bank_groups, k: int):
+    partial = bank_sq[None, :] - 2.0 * jnp.matmul(queries, bank.T, precision=HIGHEST)
+    partial = jnp.where(groups[:, None] == bank_groups[None, :], jnp.inf, partial)
+    neg, idx = jax.lax.top_k(-partial, k)
+    return jnp.maximum(-neg + jnp.sum(queries * queries, axis=1, keepdims=True), 0.0), idx
+
+
+def _brute_excluding(queries, groups, bank, bank_groups, k: int, budget_mb: float):
+    bank = jnp.asarray(bank, jnp.float32)
+    bank_groups = jnp.asarray(bank_groups, jnp.int32)
+    bank_sq = _bank_sq(bank)
+    dists, index = map_chunks(
+        lambda q, g: _excluding_chunk(jnp.asarray(q), jnp.asarray(g), bank, bank_sq,
+                                      bank_groups, k),
+        [queries, groups], _brute_step(bank.shape[0], budget_mb))
+    return dists, index.astype(np.int64)
+
+
+def k_nearest_excluding(queries, groups, bank, bank_groups, k: int = 1,
+                        budget_mb: float = 1024, search=None, candidates: int = 8):
+    """Exact k nearest bank entries of other groups: query i never meets an entry with
+    bank_groups == groups[i] (leave-own-image-out scoring: a group is a source image).
+
+    queries (N, D), groups (N,) int, bank (M, D), bank_groups (M,) int -> ((N, k) squared
+    distances ascending, (N, k) indices); where fewer than k entries are eligible the rest are
+    inf. With a `search` strategy, its `candidates` nearest entries are taken first and the
+    first k of other groups among them are the answer (exact: every entry closer than them is
+    among the candidates); only queries with fewer than k such candidates go to a masked brute
+    force over the whole bank in budgeted chunks."""
+    queries = np.asarray(queries, np.float32)
+    groups = np.asarray(groups, np.int32)
+    bank_groups = np.asarray(bank_groups, np.int32)
+    m = np.shape(bank)[0]
+    _check_k(k, m)
+    if search is None or candidates <= k or candidates >= m:
+        return _brute_excluding(queries, groups, bank, bank_groups, k, budget_mb)
+    cand_d, cand_i = search.k_nearest(queries, bank, candidates)
+    other = bank_groups[cand_i] != groups[:, None]                 # (N, candidates)
+    enough = other.sum(axis=1) >= k
+    # the first k other-group candidates of each row, in order (stable sort of ~other)
+    order = np.argsort(~other, axis=1, kind="stable")[:, :k]
+    dists = np.take_along_axis(cand_d, order, axis=1)
+    index = np.take_along_axis(cand_i, order, axis=1).astype(np.int64)
+    redo = np.nonzero(~enough)[0]
+    if redo.size:
+        d2, i2 = _brute_excluding(queries[redo], groups[redo], bank, bank_groups, k, budget_mb)
+        dists[redo], index[redo] = d2, i2
+    return dists, index
+
+
 @dataclasses.dataclass(frozen=True)
 class BruteForce:
     """Exact search on one device."""
@@ -319,7 +370,7 @@ class PrunedSearch:
     """
     budget_mb: float = 1024
     variance: float = 0.94
-    candidates: int = 16
+    candidates: int = 8
     rank: Optional[int] = None
     max_rank_fraction: float = 0.375
     min_bank: int = 2048

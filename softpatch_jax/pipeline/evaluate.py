@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import zlib
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
@@ -21,7 +21,7 @@ from softpatch_jax.evaluation import metrics
 from softpatch_jax.features.extractor import make_extractor
 from softpatch_jax.io import checkpoint, html_report, report
 from softpatch_jax.io.files import json_safe, write_json
-from softpatch_jax.pipeline import console, provenance, rundir, validation
+from softpatch_jax.pipeline import console, decisions, provenance, rundir, validation
 from softpatch_jax.settings import comma_list
 
 
@@ -73,17 +73,20 @@ def category_key(seed: int, category: str) -> jax.Array:
 
 @dataclasses.dataclass
 class Fitted:
-    """One category's fit: the method's fitted state, the extractor that scores with it, and the
-    seconds each step took."""
+    """One category's fit: the method's fitted state, the extractor that scores with it, the
+    seconds each step took, and the audit and thresholds (None when not asked for)."""
     state: Any
     extractor: Any
     seconds: Dict[str, float]
+    calibration: Optional[decisions.Calibration] = None
 
 
 def fit_category(method: methods.Method, split: noise.NoisySplit, extractor, data_config,
-                 key: jax.Array, directory: str, label: str = "") -> Fitted:
+                 key: jax.Array, directory: str, label: str = "",
+                 settings: Optional[decisions.Settings] = None, seed: int = 0) -> Fitted:
     """The method's preparation (FYD trains its alignment in `directory`), training features,
-    fit."""
+    fit; with `settings`, also the training-set audit and the label-free thresholds
+    (pipeline/decisions.py)."""
     d = data_config
     t0 = time.time()
     extractor, learned = method.prepare(split.train, extractor, directory, key)
@@ -91,12 +94,17 @@ def fit_category(method: methods.Method, split: noise.NoisySplit, extractor, dat
     train = extractor.extract(split.train, d.resize, d.image_size, d.batch_size,
                               f"{label}: train features")
     t2 = time.time()
-    state = method.fit(train, key, learned)
+    calibration = None
+    if settings is None:
+        state = method.fit(train, key, learned)
+    else:
+        state, calibration = decisions.fit_and_calibrate(method, train, key, learned, settings,
+                                                         seed)
     del train
     seconds = dict(seconds_features_train=round(t2 - t1, 2), seconds_fit=round(time.time() - t2, 2))
     if learned is not None:
         seconds["seconds_train_alignment"] = round(t1 - t0, 2)
-    return Fitted(state, extractor, seconds)
+    return Fitted(state, extractor, seconds, calibration)
 
 
 def score_category(method: methods.Method, fitted: Fitted, samples, data_config,
@@ -112,6 +120,7 @@ def category_metrics(split: noise.NoisySplit, scores: methods.Scores, masks=None
     labels = np.array([s.label for s in split.test])
     result = {
         "image_auroc": metrics.auroc(labels, scores.image),
+        "image_ap": metrics.average_precision(labels, scores.image),
         "image_f1_max": metrics.f1_max(labels, scores.image),
         "image_auroc_per_defect": metrics.per_defect_auroc(
             labels, scores.image, [s.defect for s in split.test]),
@@ -123,6 +132,8 @@ def category_metrics(split: noise.NoisySplit, scores: methods.Scores, masks=None
     if masks is not None:
         result["pixel_auroc"] = metrics.pixel_auroc(masks, scores.maps())
         result["aupro"] = metrics.aupro(masks, scores.maps(), max_fpr=0.3)
+        result["pixel_ap"] = metrics.pixel_ap(masks, scores.maps())
+        result["pixel_f1_max"] = metrics.pixel_f1_max(masks, scores.maps())
     note = validation.single_class_note(split)
     if note:
         result["note"] = note
@@ -145,10 +156,12 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
     method = method or methods.from_config(config)
     split = split or prepare_split(config, category)
     method.check(len(split.train))
+    settings = decisions.Settings.from_config(config)
     record_noise(split, out_dir)
     d = config.data
     fitted = fit_category(method, split, extractor, d, category_key(config.seed, category),
-                          train_dir, category)
+                          train_dir, category, settings, config.seed)
+    cal = fitted.calibration
     t_score = time.time()
     if save_checkpoint:
         checkpoint.save_model(os.path.join(out_dir, "checkpoint"), fitted.state.to_arrays(),
@@ -159,6 +172,20 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
     masks = load_masks(split.test, d) if has_masks or overlay else None  # read once
     result = category_metrics(split, scores, masks if has_masks else None)
     result.update(method.summary(fitted.state))
+    if cal.noise_scores is not None:
+        injected = decisions.injected_flags(split)
+        decisions.write_audit(os.path.join(out_dir, f"audit_{category}.csv"),
+                              decisions.audit_names(split.train), cal, injected)
+        result.update(decisions.audit_figures(cal, injected))
+    if cal.image_threshold is not None:
+        decisions.write_threshold(out_dir, cal, settings)
+        labels = np.array([s.label for s in split.test])
+        result.update(decisions.test_figures(cal, labels, scores.image,
+                                             masks if has_masks else None,
+                                             scores.maps() if has_masks else None))
+        result["threshold_source"] = cal.source
+        result["train_false_reject"] = cal.train_false_reject
+    result = json_safe(result)
     if overlay:
         from softpatch_jax.io import plots
 

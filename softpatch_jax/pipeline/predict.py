@@ -3,30 +3,38 @@
 python -m softpatch_jax.main --mode=predict --workdir=DIR --images=a.png,parts/,'lot7/*.png'
     [--category=c]
 
-`--images` takes files, folders (every image under them) and globs. For each fitted category (or
-the one named) DIR/predictions/<category>/ is replaced whole by scores.csv (image score = max
-patch score; one row per image, named by its path relative to the images' common folder, so
-images of the same name in different folders stay apart) and one anomaly-map PNG per image
-(maps/<relative path>.png).
+`--images` takes files, folders (every image under them), globs and list files (.txt/.lst:
+one path per line). Files that cannot be read as images are named in a warning (and in
+unreadable.txt) and skipped. For each fitted category (or the one named)
+DIR/predictions/<category>/ is replaced whole by predictions.csv and predictions.json (one row
+per image, named by its path relative to the images' common folder, so images of the same name
+in different folders stay apart: score, verdict at the category's label-free threshold or
+`--threshold`, share of pixels over the pixel threshold), scores.csv, and per image
+maps/<name>.png (heat map), masks/<name>.png (binary mask at the pixel threshold) and
+overlays/<name>.png (the image beside its heat map with the mask's contour).
 """
+import csv
 import glob
+import logging
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from softpatch_jax import methods
+from softpatch_jax.data import preprocess
 from softpatch_jax.data.mvtec import IMAGE_EXTS
 from softpatch_jax.data.samples import Sample
 from softpatch_jax.features.cache import config_key
 from softpatch_jax.io import checkpoint, html_report, plots
-from softpatch_jax.io.files import staged_dir
-from softpatch_jax.pipeline import evaluate
+from softpatch_jax.io.files import staged_dir, write_json
+from softpatch_jax.pipeline import decisions, evaluate
 from softpatch_jax.pipeline.rundir import RunDir
 
 _TMP_MARK = ".orbax-checkpoint-tmp"
+LIST_EXTS = (".txt", ".lst", ".list")
 
 
 def fitted_models(workdir: str) -> Dict[str, str]:
@@ -104,11 +112,106 @@ def _short(e: Exception) -> str:
     return line[:160]
 
 
+def read_image_list(path: str) -> List[str]:
+    """A list file: one image path per line (blank lines and lines starting with # skipped);
+    relative paths are taken from the list file's folder."""
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path) as f:
+        lines = [line.strip() for line in f]
+    return [line if os.path.isabs(line) else os.path.join(base, line)
+            for line in lines if line and not line.startswith("#")]
+
+
+def _specs(images: Sequence[str]) -> List[str]:
+    """--images entries with list files (a regular file that is not an image) expanded."""
+    out = []
+    for spec in images:
+        if (os.path.isfile(spec) and not spec.lower().endswith(IMAGE_EXTS)
+                and spec.lower().endswith(LIST_EXTS)):
+            listed = read_image_list(spec)
+            if not listed:
+                raise ValueError(f"--images: list file {spec!r} names no image")
+            out += listed
+        else:
+            out.append(spec)
+    return out
+
+
+def readable(paths: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """-> (the paths that open as images, [(path, why)] for those that do not)."""
+    good, bad = [], []
+    for p in paths:
+        try:
+            preprocess.image_size(p)
+            good.append(p)
+        except Exception as e:  # PIL raises many types for damaged files
+            bad.append((p, _short(e)))
+    return good, bad
+
+
+def stored_thresholds(checkpoint_dir: str) -> Optional[dict]:
+    """threshold.json of a fitted category (beside its checkpoint), or None."""
+    return decisions.read_threshold(os.path.dirname(checkpoint_dir))
+
+
+def _display(sample, d) -> np.ndarray:
+    img = preprocess.load_image(sample.path, d.resize, d.image_size)
+    return np.clip(img * preprocess.IMAGENET_STD + preprocess.IMAGENET_MEAN, 0.0, 1.0)
+
+
+def _write_decisions(target: str, samples, scores, maps, image_threshold, pixel_threshold,
+                     source: str, d, write_maps: bool) -> List[dict]:
+    """predictions.csv / .json and, per image, maps/ (heat map), masks/ (binary, at the pixel
+    threshold) and overlays/ (image | heat map with the predicted mask's contour) PNGs."""
+    from PIL import Image
+
+    rows = []
+    lo, hi = float(maps.min()), float(maps.max())
+    for s, score, amap in tqdm(list(zip(samples, scores, maps)), desc="maps", leave=False):
+        stem = os.path.splitext(s.name)[0] + ".png"
+        mask = None if pixel_threshold is None else amap >= pixel_threshold
+        row = {"name": s.name, "path": s.path, "score": float(score),
+               "verdict": ("" if image_threshold is None else
+                           "anomalous" if score >= image_threshold else "normal"),
+               "anomalous_pixels": None if mask is None else float(mask.mean())}
+        rows.append(row)
+        if not write_maps:
+            continue
+        for sub in ("maps", "masks", "overlays"):
+            os.makedirs(os.path.dirname(os.path.join(target, sub, stem)), exist_ok=True)
+        plots.map_png(s, amap, d.resize, d.image_size, os.path.join(target, "maps", stem), hi)
+        if mask is not None:
+            Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(target, "masks",
+                                                                             stem))
+        Image.fromarray(html_report.overlay(_display(s, d), amap, mask, lo, hi)).save(
+            os.path.join(target, "overlays", stem))
+    with open(os.path.join(target, "predictions.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows({**r, "score": repr(r["score"]),
+                     "anomalous_pixels": "" if r["anomalous_pixels"] is None
+                     else f"{r['anomalous_pixels']:.6f}"} for r in rows)
+    write_json(os.path.join(target, "predictions.json"),
+               {"image_threshold": image_threshold, "pixel_threshold": pixel_threshold,
+                "threshold_source": source, "images": rows})
+    return rows
+
+
 def predict_images(workdir: str, images: Sequence[str], category: str = "",
-                   write_maps: bool = True) -> Dict[str, Tuple[List[str], np.ndarray]]:
+                   write_maps: bool = True, threshold: Optional[float] = None
+                   ) -> Dict[str, Tuple[List[str], np.ndarray]]:
     """-> {category: (image names, (N,) image scores)}, also written to
-    DIR/predictions/<category>/."""
-    paths = expand_images(images)
+    DIR/predictions/<category>/ with verdicts at the category's stored label-free threshold
+    (`threshold` overrides the image threshold). Images that cannot be read are skipped with a
+    warning naming each; the rest are scored."""
+    if threshold is not None and not np.isfinite(threshold):
+        raise ValueError(f"--threshold={threshold} must be a finite number")
+    paths, unreadable = readable(expand_images(_specs(images)))
+    for p, why in unreadable:
+        logging.warning("cannot read %s (%s); skipped", p, why)
+    if not paths:
+        raise ValueError(f"none of the {len(unreadable)} images given could be read; see the "
+                         "warnings above")
     models = fitted_models(workdir)
     if category and category not in models:
         raise ValueError(f"--category={category!r} is not fitted in {workdir!r}; fitted: "
@@ -126,15 +229,33 @@ def predict_images(workdir: str, images: Sequence[str], category: str = "",
         feats = extractor.extract(samples, d.resize, d.image_size, d.batch_size,
                                   f"{cat}: features")
         scores = method.score(state, feats)
+        stored = stored_thresholds(models[cat]) or {}
+        image_thr = threshold if threshold is not None else stored.get("image_threshold")
+        source = "--threshold" if threshold is not None else stored.get("source", "none")
+        if image_thr is None:
+            logging.warning("%s: no stored threshold (fitted before thresholds existed, or with "
+                            "threshold.source=none); scores without verdicts: refit, or pass "
+                            "--threshold=VALUE", cat)
         with staged_dir(os.path.join(workdir, "predictions", cat)) as target:
             evaluate.write_scores(os.path.join(target, "scores.csv"), samples, scores.image)
-            if write_maps:
-                maps = scores.maps()
-                vmax = float(maps.max())
-                for s, amap in tqdm(list(zip(samples, maps)), desc=f"{cat}: maps", leave=False):
-                    dest = os.path.join(target, "maps", os.path.splitext(s.name)[0] + ".png")
-                    os.makedirs(os.path.dirname(dest), exist_ok=True)
-                    plots.map_png(s, amap, d.resize, d.image_size, dest, vmax)
+            _write_decisions(target, samples, scores.image, scores.maps(), image_thr,
+                             stored.get("pixel_threshold"), source, d, write_maps)
+            if unreadable:
+                with open(os.path.join(target, "unreadable.txt"), "w") as f:
+                    f.writelines(f"{p}\t{why}\n" for p, why in unreadable)
         out[cat] = (names, scores.image)
     html_report.write_report(workdir)  # the fit's report, with a predictions section
     return out
+
+
+def verdict_counts(workdir: str, category: str) -> str:
+    """', 3 anomalous, 9 normal' from a category's predictions.json ('' without verdicts)."""
+    import json
+
+    with open(os.path.join(workdir, "predictions", category, "predictions.json")) as f:
+        rows = json.load(f)["images"]
+    counts = {}
+    for r in rows:
+        if r["verdict"]:
+            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    return "".join(f", {n} {v}" for v, n in sorted(counts.items()))

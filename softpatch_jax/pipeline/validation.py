@@ -69,6 +69,9 @@ def check_config(config) -> methods.Method:
     check_noise(config.noise)
     check_model(config.model)
     check_runtime(config.runtime)
+    from softpatch_jax.pipeline import decisions
+
+    decisions.Settings.from_config(config)  # audit.* and threshold.*
     return methods.from_config(config)
 
 

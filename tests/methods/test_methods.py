@@ -21,7 +21,7 @@ def test_rank_fusion_on_hand_made_scores():
     np.testing.assert_allclose(softpatch.fuse_ranks([a, b], "max"), [[0.25, 1.0], [1.0, 0.75]])
     ties = softpatch.fuse_ranks([np.array([1.0, 1.0, 2.0, 3.0])])
     np.testing.assert_allclose(ties, [0.375, 0.375, 0.75, 1.0])  # tied ranks averaged
-    with pytest.raises(ValueError, match="fusion rule"):
+    with pytest.raises(ValueError, match="model.fusion_rule=.median."):
         softpatch.fuse_ranks([a], "median")
 
 
@@ -129,7 +129,8 @@ def test_every_method_fits_and_scores(method):
         np.testing.assert_allclose(scores.image, scores.grids.reshape(3, -1).max(1))
     arrays = fitted.to_arrays()
     if method == "softpatch_plus":
-        assert set(arrays) == {"cls_features", "cls_weights", "seg_features", "seg_weights"}
+        assert set(arrays) == {f"{bank}_{part}" for bank in ("cls", "seg")
+                               for part in ("features", "weights", "sources")}
         assert len(arrays["cls_features"]) == len(arrays["seg_features"])
     # The checkpoint's arrays give back the same state.
     again = m.score(m.fitted_from_arrays(arrays),
