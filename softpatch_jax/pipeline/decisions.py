@@ -8,8 +8,8 @@ At fit time (`fit_and_calibrate`), with the training features still in memory:
      that form (`Method.training_scores`: the memory-bank methods mask the entries taken from
      the image), else by refitting on `threshold.folds` seeded folds;
   3. each training image gets a noise score (by default its left-out score of step 2, which
-     found the injected images best on transistor and ELPV; or a summary of the denoising's
-     patch scores), a rank and a flag (evaluation/audit.py);
+     every method has; or a summary of the denoising's patch scores: README, "Deploying on your
+     own parts", compares them), a rank and a flag (evaluation/audit.py);
   4. thresholds at `threshold.false_reject` (images) and `threshold.pixel_false_reject`
      (pixels) of the unflagged training images' scores (evaluation/thresholds.py).
 Test labels are never read here. `test_figures` then reports precision, recall, F1, false
