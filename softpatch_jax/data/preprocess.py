@@ -141,6 +141,13 @@ def load_image(path: str, resize: int = 256, crop: int = 224, aug=None,
     return (np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
+def display_image(sample, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """A sample's image as the model sees it (augmented, resized, cropped), for people:
+    (crop, crop, 3) float in [0, 1], the ImageNet normalisation undone."""
+    img = load_image(sample.path, resize, crop, sample.augment, sample.image_bytes)
+    return np.clip(img * IMAGENET_STD + IMAGENET_MEAN, 0.0, 1.0)
+
+
 def load_sample_mask(sample, resize: int = 256, crop: int = 224) -> np.ndarray:
     """The mask of a Sample, from its file or its stored bytes; zeros when it has none."""
     if sample.mask_bytes is not None:

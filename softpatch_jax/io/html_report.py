@@ -187,8 +187,7 @@ def report_assets(out_dir: str, samples: Sequence, image_scores: np.ndarray, map
     images = {}
     for i in sorted({i for group in picks.values() for i in group}):
         s = samples[i]
-        img = preprocess.load_image(s.path, resize, image_size, s.augment, s.image_bytes)
-        img = np.clip(img * preprocess.IMAGENET_STD + preprocess.IMAGENET_MEAN, 0.0, 1.0)
+        img = preprocess.display_image(s, resize, image_size)
         mask = masks[i] if masks is not None and masks[i].any() else None
         name = f"{GALLERY_DIR}/{i:04d}.jpg"
         Image.fromarray(overlay(img, maps[i], mask, lo, hi)).save(

@@ -1,5 +1,5 @@
 """Figures for people: AUROC-versus-noise curves and anomaly-map overlays (matplotlib, Agg)."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -37,10 +37,11 @@ def sweep_curves(rows: List[Dict], path: str,
     plt.close(fig)
 
 
-def map_png(sample, amap: np.ndarray, resize: int, crop: int, path: str, vmax: float) -> None:
-    """One image with its anomaly map overlaid (colour scale 0..vmax) and its score."""
-    img = preprocess.load_image(sample.path, resize, crop, sample.augment, sample.image_bytes)
-    img = np.clip(img * preprocess.IMAGENET_STD + preprocess.IMAGENET_MEAN, 0, 1)
+def map_png(sample, amap: np.ndarray, resize: int, crop: int, path: str, vmax: float,
+            image: Optional[np.ndarray] = None) -> None:
+    """One image with its anomaly map overlaid (colour scale 0..vmax) and its score. `image`:
+    the sample's `preprocess.display_image`, when the caller has it."""
+    img = preprocess.display_image(sample, resize, crop) if image is None else image
     fig, ax = plt.subplots(figsize=(3, 3.2))
     ax.imshow(img)
     ax.imshow(amap, cmap="jet", alpha=0.45, vmin=0, vmax=vmax)
@@ -63,8 +64,7 @@ def overlays(samples: Sequence, maps: np.ndarray, masks: np.ndarray, resize: int
     fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.9), squeeze=False)
     for ax, i in zip(axes[0], picks):
         s = samples[i]
-        img = preprocess.load_image(s.path, resize, crop, s.augment, s.image_bytes)
-        img = np.clip(img * preprocess.IMAGENET_STD + preprocess.IMAGENET_MEAN, 0, 1)
+        img = preprocess.display_image(s, resize, crop)
         ax.imshow(img)
         ax.imshow(maps[i], cmap="jet", alpha=0.45, vmin=lo, vmax=hi)
         if masks[i].any():

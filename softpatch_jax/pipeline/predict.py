@@ -154,11 +154,6 @@ def stored_thresholds(checkpoint_dir: str) -> Optional[dict]:
     return decisions.read_threshold(os.path.dirname(checkpoint_dir))
 
 
-def _display(sample, d) -> np.ndarray:
-    img = preprocess.load_image(sample.path, d.resize, d.image_size)
-    return np.clip(img * preprocess.IMAGENET_STD + preprocess.IMAGENET_MEAN, 0.0, 1.0)
-
-
 def _write_decisions(target: str, samples, scores, maps, image_threshold, pixel_threshold,
                      source: str, d, write_maps: bool) -> List[dict]:
     """predictions.csv / .json and, per image, maps/ (heat map), masks/ (binary, at the pixel
@@ -179,11 +174,13 @@ def _write_decisions(target: str, samples, scores, maps, image_threshold, pixel_
             continue
         for sub in ("maps", "masks", "overlays"):
             os.makedirs(os.path.dirname(os.path.join(target, sub, stem)), exist_ok=True)
-        plots.map_png(s, amap, d.resize, d.image_size, os.path.join(target, "maps", stem), hi)
+        image = preprocess.display_image(s, d.resize, d.image_size)  # read once for both
+        plots.map_png(s, amap, d.resize, d.image_size, os.path.join(target, "maps", stem), hi,
+                      image)
         if mask is not None:
             Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(target, "masks",
                                                                              stem))
-        Image.fromarray(html_report.overlay(_display(s, d), amap, mask, lo, hi)).save(
+        Image.fromarray(html_report.overlay(image, amap, mask, lo, hi)).save(
             os.path.join(target, "overlays", stem))
     with open(os.path.join(target, "predictions.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
