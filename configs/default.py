@@ -38,7 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.discriminator = "lof"    # softpatch: none (PatchCore) | nearest | gaussian | lof
     config.model.threshold = 0.15
     config.model.lof_k = 6
-    config.model.grouping = "position"    # discriminator groups: position | neighbourhood | global
+    # Discriminator groups: position | neighbourhood | global, or '' for the method's own:
+    # softpatch position (the official code's), softpatch_plus neighbourhood (alignment study).
+    config.model.grouping = ""
     config.model.group_radius = 2         # neighbourhood: Chebyshev window radius in patches
     config.model.coreset_ratio = 0.1
     config.model.soft_weight = True

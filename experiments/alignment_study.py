@@ -16,9 +16,10 @@ dataset x setting rows, method columns, one table per metric, and the seconds pe
 The study's config is pinned at its first run (<root>/study_config.json, the flat fields other
 than sweep.*): configs/ keeps gaining fields while the study runs, and a field that appears (or
 goes) later would make every finished point differ from the new ones. A later run leaves out the
-fields added since (the code reads an absent field as the behaviour from before it existed) and
-restores the ones removed, with a warning naming them; a field whose value differs still makes
-the sweep refuse, as it should.
+fields added since (the code reads an absent field as the behaviour from before it existed),
+restores the ones removed, and keeps the pinned value of a field whose value differs now (a
+default that changed since, or an override: the study's points must not mix configs), with a
+warning naming them.
 """
 import collections
 import json
@@ -98,7 +99,9 @@ def sweeps(config, root: str) -> List[Tuple[str, str, object]]:
 
 
 def _base_fields(config) -> dict:
-    return provenance.flatten({k: v for k, v in config.to_dict().items() if k != "sweep"})
+    """The flat fields other than sweep.*, as JSON holds them (tuples as lists)."""
+    flat = provenance.flatten({k: v for k, v in config.to_dict().items() if k != "sweep"})
+    return json.loads(json.dumps(flat, default=str))
 
 
 def pin_config(config, root: str):
@@ -114,9 +117,17 @@ def pin_config(config, root: str):
         pinned = json.load(f)
     added = sorted(set(live) - set(pinned))
     removed = sorted(set(pinned) - set(live))
-    if not added and not removed:
+    changed = sorted(d for d in set(live) & set(pinned) if live[d] != pinned[d])
+    if not added and not removed and not changed:
         return config, []
     config = config.copy_and_resolve_references()
+    for dotted in changed:  # a default changed since (or an override): the study's value holds
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        value = pinned[dotted]
+        node[leaf] = tuple(value) if isinstance(node[leaf], tuple) else value
     for dotted in added:  # left out: the study's points were computed without them
         *parents, leaf = dotted.split(".")
         node = config
@@ -139,6 +150,11 @@ def pin_config(config, root: str):
         notes.append(f"config fields added since the study began are left out: {', '.join(added)}")
     if removed:
         notes.append(f"config fields removed since the study began are kept: {', '.join(removed)}")
+    if changed:
+        notes.append("config fields whose value differs from the study's first run keep that "
+                     "value: " + ", ".join(f"{d}={pinned[d]!r} (now {live[d]!r})"
+                                           for d in changed)
+                     + "; start a new --root to study other values")
     return config, notes
 
 
@@ -329,33 +345,40 @@ def goals_markdown(config, rows) -> List[str]:
              "0.001.", ""] + lof_lines + plus_lines
     f = report.fmt
     ref = config.sweep.reference
-    # Goal 1: misaligned, 0.1 overlap: at least half of the gap to clean PatchCore recovered.
-    lines += ["## Goals", "", f"Chosen: SoftPatch `{lof}`, SoftPatch+ `{plus}`.", "",
-              "**1a.** Misaligned parts, 0.1 overlap: the chosen SoftPatch recovers at least half "
-              "of the image-AUROC gap between SoftPatch-LOF (position) and clean PatchCore.", "",
-              "| cell | SP-LOF | chosen | clean PatchCore | gap | recovered | met |",
-              "|---" * 7 + "|"]
+    # Goal 1: misaligned, 0.1 overlap: at least half of the gap to clean PatchCore recovered;
+    # checked for the chosen SoftPatch and the chosen SoftPatch+ (both are SoftPatch).
+    lines += ["## Goals", "", f"Chosen: SoftPatch `{lof}`, SoftPatch+ `{plus}`.", ""]
     misses = []
-    for k, c in cells.items():
-        if c["dataset"] not in misaligned or (c["ratio"], c["mode"]) != (0.1, "overlap"):
-            continue
-        base, new = _value(c, "lof", "image_auroc"), _value(c, lof, "image_auroc")
-        clean = (_clean_patchcore(cells, c, ref) or {}).get("image_auroc")
-        if None in (base, new, clean):
-            lines.append(f"| {k} | {f(base)} | {f(new)} | {f(clean)} | - | - | missing |")
-            continue
-        gap = clean - base
-        share = (new - base) / gap if gap > 0 else None
-        met = gap <= 0 and new >= base - 1e-12 or gap > 0 and share >= 0.5
-        misses += [] if met else [f"1a {k}"]
-        lines.append(f"| {k} | {f(base)} | {f(new)} | {f(clean)} | {gap:+.4f} | "
-                     f"{'-' if share is None else f'{share:.0%}'} | {'yes' if met else '**no**'} |")
-    lines += ["", f"**1b.** Aligned parts, every setting: the chosen SoftPatch loses at most "
-              f"{tol:g} image / pixel AUROC against position grouping.", ""]
-    lines += _loss_table(cells, [k for k, c in cells.items() if c["dataset"] in aligned],
-                         "lof", lof, tol, ("image_auroc", "pixel_auroc"), "1b", misses)
+    for title, family, chosen in (("SoftPatch", "lof", lof), ("SoftPatch+", "softpatch_plus",
+                                                                plus)):
+        lines += [f"**1a ({title}).** Misaligned parts, 0.1 overlap: the chosen {title} "
+                  "recovers at least half of the image-AUROC gap between SoftPatch-LOF "
+                  "(position) and clean PatchCore.", "",
+                  "| cell | SP-LOF | chosen | clean PatchCore | gap | recovered | met |",
+                  "|---" * 7 + "|"]
+        for k, c in cells.items():
+            if c["dataset"] not in misaligned or (c["ratio"], c["mode"]) != (0.1, "overlap"):
+                continue
+            base, new = _value(c, "lof", "image_auroc"), _value(c, chosen, "image_auroc")
+            clean = (_clean_patchcore(cells, c, ref) or {}).get("image_auroc")
+            if None in (base, new, clean):
+                lines.append(f"| {k} | {f(base)} | {f(new)} | {f(clean)} | - | - | missing |")
+                continue
+            gap = clean - base
+            share = (new - base) / gap if gap > 0 else None
+            met = gap <= 0 and new >= base - 1e-12 or gap > 0 and share >= 0.5
+            misses += [] if met else [f"1a ({title}) {k}"]
+            lines.append(f"| {k} | {f(base)} | {f(new)} | {f(clean)} | {gap:+.4f} | "
+                         f"{'-' if share is None else f'{share:.0%}'} | "
+                         f"{'yes' if met else '**no**'} |")
+        lines += ["", f"**1b ({title}).** Aligned parts, every setting: the chosen {title} loses "
+                  f"at most {tol:g} image / pixel AUROC against position grouping.", ""]
+        lines += _loss_table(cells, [k for k, c in cells.items() if c["dataset"] in aligned],
+                             family, chosen, tol, ("image_auroc", "pixel_auroc"),
+                             f"1b ({title})", misses)
+        lines.append("")
     # Goal 2: SoftPatch+ never more than 0.01 below SoftPatch-LOF; its pixel lead under overlap.
-    lines += ["", "**2a.** The chosen SoftPatch+ is never more than 0.01 below the chosen "
+    lines += ["**2a.** The chosen SoftPatch+ is never more than 0.01 below the chosen "
               "SoftPatch (and today's SoftPatch-LOF) on image AUROC, in any cell.", ""]
     lines += _loss_table(cells, list(cells), lof, plus, 0.01, ("image_auroc",), "2a", misses)
     if lof != "lof":

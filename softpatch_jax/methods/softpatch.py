@@ -10,6 +10,7 @@ SoftPatch+: several discriminators fused by rank normalisation; a classification
 ratio `cls_threshold`) for image scores and a segmentation bank (`seg_threshold`) for maps.
 """
 import dataclasses
+import logging
 from typing import Optional, Sequence, Tuple
 
 import flax.struct
@@ -127,10 +128,11 @@ def _check_fraction(value: float, field: str) -> None:
         raise ValueError(f"{field}={value} must lie in [0, 1)")
 
 
-def _grouping_options(m, names: Sequence[str], field: str) -> dict:
+def _grouping_options(m, names: Sequence[str], field: str, default: str) -> dict:
     """model.grouping and model.group_radius, checked for the discriminators `names` (named by
-    `field`). Configs saved before these fields existed mean position grouping."""
-    grouping, radius = m.get("grouping", "position"), m.get("group_radius", 2)
+    `field`). An empty model.grouping means the method's own `default`; configs saved before
+    these fields existed mean position grouping."""
+    grouping, radius = m.get("grouping", "position") or default, m.get("group_radius", 2)
     grouping_ops.check(grouping, radius, names, field)
     return dict(grouping=grouping, group_radius=int(radius))
 
@@ -141,11 +143,20 @@ class FitDetails:
     patch_scores: Optional[np.ndarray]   # (B, P) discriminator scores; None without one
     sampling_weights: np.ndarray         # (B, P) 1 = may enter the bank, 0 = excluded as noise
     coreset_indices: np.ndarray          # (M,) indices into the flattened B * P patches
+    grouping: str = "position"           # the grouping the discriminators ran under
+    aligned_share: Optional[float] = None  # grouping=auto: what decided it (grouping.resolve)
+
+
+# fold_in constant of the projection on which grouping=auto measures alignment (its own, so
+# that the discriminators' projections and results are those of the grouping it picks).
+_AUTO_KEY = 17
 
 
 class SoftPatch(PatchCore):
     """SoftPatch with one discriminator (None: PatchCore's bank, no soft weights)."""
     name = "softpatch"
+    # model.grouping='' means this: the official code's groups (one position's B patches).
+    default_grouping = "position"
 
     def __init__(self, *, discriminator="lof", threshold: float = 0.15, lof_k: int = 6,
                  soft_weight: bool = True, projection_dim: int = 128,
@@ -164,7 +175,7 @@ class SoftPatch(PatchCore):
         _check_fraction(m.threshold, "model.threshold")
         _check_lof_k(m.lof_k)
         grouping = _grouping_options(m, [m.discriminator] if m.discriminator != "none" else [],
-                                     "model.discriminator")
+                                     "model.discriminator", cls.default_grouping)
         return cls(discriminator=m.discriminator, threshold=m.threshold, lof_k=m.lof_k,
                    soft_weight=m.soft_weight, projection_dim=m.projection_dim, **grouping,
                    **bank_options(config))
@@ -176,14 +187,29 @@ class SoftPatch(PatchCore):
     def _grouping_label(self) -> str:
         if self.grouping == "position":
             return ""
-        radius = f" r={self.group_radius}" if self.grouping == "neighbourhood" else ""
+        radius = f" r={self.group_radius}" if self.grouping in ("neighbourhood", "auto") else ""
         return f" ({self.grouping}{radius})"
 
+    def _resolve_grouping(self, features: Features,
+                          key_disc: jax.Array) -> Tuple[str, Optional[float]]:
+        """This fit's grouping: model.grouping, or for `auto` position / neighbourhood by the
+        training features' alignment (ops/grouping.py), and the share that decided it."""
+        if self.grouping != "auto":
+            return self.grouping, None
+        x = features.patches
+        proj = project(x, random_projection(jax.random.fold_in(key_disc, _AUTO_KEY), x.shape[-1],
+                                            self.projection_dim), self.budget_mb)
+        grouping, share = grouping_ops.resolve("auto", proj, features.grid, self.group_radius,
+                                               self.budget_mb)
+        logging.info("model.grouping=auto: %.3f of the training patches meet their nearest "
+                     "other-image patch at their own position -> %s", share, grouping)
+        return grouping, share
+
     def _noise_scores(self, features: Features, key: jax.Array, name: str,
-                      progress: bool) -> np.ndarray:
-        """(B, P) scores of discriminator `name` under this model's grouping."""
+                      progress: bool, grouping: str) -> np.ndarray:
+        """(B, P) scores of discriminator `name` under `grouping` (resolved, not auto)."""
         return noise_scores(features.patches, key, name, self.lof_k, self.projection_dim,
-                            self.budget_mb, progress, self.grouping, self.group_radius,
+                            self.budget_mb, progress, grouping, self.group_radius,
                             features.grid)
 
     def _min_train(self, names) -> int:
@@ -210,15 +236,17 @@ class SoftPatch(PatchCore):
         train = features.patches
         b, p, _ = train.shape
         key_disc, key_bank = jax.random.split(key)
-        scores = None
+        scores, grouping, share = None, "position", None
         if self.discriminator is None:
             sampling = soft = np.ones((b, p), np.float32)
         else:
-            scores = self._noise_scores(features, key_disc, self.discriminator, progress)
+            grouping, share = self._resolve_grouping(features, key_disc)
+            scores = self._noise_scores(features, key_disc, self.discriminator, progress,
+                                        grouping)
             sampling, soft = denoise(scores, self.threshold)
         bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank,
                                dataclasses.replace(self.sampler, progress=progress))
-        return FitDetails(bank, scores, sampling, idx)
+        return FitDetails(bank, scores, sampling, idx, grouping, share)
 
     def fit(self, features: Features, key: jax.Array, learned=None,
             progress: bool = True) -> MemoryBank:
@@ -255,11 +283,15 @@ class SoftPatchPlus(SoftPatch):
     """SoftPatch+: fused discriminators, two banks. Soft weights are the first discriminator's
     raw scores (as in SoftPatch; the paper's choice is not known: our assumption)."""
     name = "softpatch_plus"
+    # model.grouping='' means this: chosen by the alignment study (README, issue 17). Windows
+    # of radius 2 help on parts that move and cost at most 0.005 pixel AUROC on aligned ones.
+    default_grouping = "neighbourhood"
 
     def __init__(self, *, fusion=("lof", "gaussian"), fusion_rule: str = "mean",
                  cls_threshold: float = 0.15, seg_threshold: float = 0.5,
                  rank_norm: str = "global", fusion_weights: Optional[Sequence[float]] = None,
                  soft_source: str = "first", shared_projection: bool = True, **softpatch):
+        softpatch.setdefault("grouping", self.default_grouping)
         super().__init__(discriminator=None, **softpatch)
         self.fusion, self.fusion_rule = tuple(fusion), fusion_rule
         self.cls_threshold, self.seg_threshold = cls_threshold, seg_threshold
@@ -287,7 +319,7 @@ class SoftPatchPlus(SoftPatch):
                              f"model.cls_threshold={m.cls_threshold} (the segmentation bank "
                              "removes more)")
         _check_lof_k(m.lof_k)
-        grouping = _grouping_options(m, fusion, "model.fusion")
+        grouping = _grouping_options(m, fusion, "model.fusion", cls.default_grouping)
         return cls(fusion=fusion, fusion_rule=rule, fusion_weights=weights,
                    cls_threshold=m.cls_threshold, seg_threshold=m.seg_threshold, lof_k=m.lof_k,
                    soft_weight=m.soft_weight, projection_dim=m.projection_dim, **variants,
@@ -306,7 +338,7 @@ class SoftPatchPlus(SoftPatch):
         self._check_train(n_train, self._discriminators())
 
     def _soft_weights(self, raw, fused: np.ndarray, features: Features, key_disc: jax.Array,
-                      progress: bool) -> np.ndarray:
+                      progress: bool, grouping: str) -> np.ndarray:
         """(B, P) soft weights by model.soft_source: the first fused discriminator's raw scores
         (clamped at 0), the fused ranks, LOF's raw scores (computed on its own projection,
         key fold_in(key_disc, len(fusion)), when LOF is not fused), or ones (none)."""
@@ -319,7 +351,8 @@ class SoftPatchPlus(SoftPatch):
                 scores = raw[self.fusion.index("lof")]
             else:
                 scores = self._noise_scores(
-                    features, jax.random.fold_in(key_disc, len(self.fusion)), "lof", progress)
+                    features, jax.random.fold_in(key_disc, len(self.fusion)), "lof", progress,
+                    grouping)
         else:
             scores = raw[0]
         return np.maximum(scores, 0.0).astype(np.float32)
@@ -329,10 +362,12 @@ class SoftPatchPlus(SoftPatch):
         """(classification, segmentation) fits with what led to them (fused rank scores)."""
         train = features.patches
         key_disc, key_bank = jax.random.split(key)
-        raw = [self._noise_scores(features, jax.random.fold_in(key_disc, i), d, progress)
+        grouping, share = self._resolve_grouping(features, key_disc)
+        raw = [self._noise_scores(features, jax.random.fold_in(key_disc, i), d, progress,
+                                  grouping)
                for i, d in enumerate(self.fusion)]
         fused = fuse_ranks(raw, self.fusion_rule, self.rank_norm, self.fusion_weights)
-        soft = self._soft_weights(raw, fused, features, key_disc, progress)
+        soft = self._soft_weights(raw, fused, features, key_disc, progress, grouping)
         sampler = dataclasses.replace(self.sampler, progress=progress)
         reduced = None
         if self.coreset_ratio < 1.0 and self.shared_projection:  # one projection for both banks
@@ -344,7 +379,7 @@ class SoftPatchPlus(SoftPatch):
             key = key_bank if self.shared_projection or i == 0 else jax.random.fold_in(key_bank, 1)
             bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key, sampler,
                                    reduced)
-            details.append(FitDetails(bank, fused, sampling, idx))
+            details.append(FitDetails(bank, fused, sampling, idx, grouping, share))
         return details[0], details[1]
 
     def fit(self, features: Features, key: jax.Array, learned=None,

@@ -11,6 +11,14 @@ the flat index b * P + p. Every grouping returns (B, P) scores.
   moved by up to r patches still meets its own counterparts, and an image never vouches for
   itself. The relation is symmetric (q in the window of p iff p in the window of q).
 - `global`: the candidates of (b, p) are all patches of all other images, at any position.
+- `auto`: `position` where the parts line up, `neighbourhood` where they move, decided from the
+  unlabeled training features (`aligned_share`): the share of patches whose nearest patch among
+  the other images' patches of its radius-r window lies at its own position. On aligned parts
+  most patches meet their counterpart where they are (MVTec transistor 0.72); where parts turn
+  or shift, a neighbour position serves as often (the rotated transistor 0.33, VisA fryum 0.37;
+  1 / window size when nothing lines up). `auto` takes `position` from ALIGNED_SHARE = 0.5 up:
+  position groups carry the information where a part should be (a missing part looks like the
+  background at the next position), which windows give away (alignment study, README).
 
 Per discriminator, with C(b, p) the candidates above:
 - `nearest`: 1 + the distance to the nearest candidate.
@@ -44,8 +52,10 @@ import numpy as np
 from softpatch_jax.ops import discriminators, gaussian
 from softpatch_jax.ops.chunking import map_chunks
 
-GROUPINGS = ("position", "neighbourhood", "global")
-_SUPPORTED = {"neighbourhood": ("nearest", "gaussian", "lof"), "global": ("nearest", "lof")}
+GROUPINGS = ("position", "neighbourhood", "global", "auto")
+_SUPPORTED = {"neighbourhood": ("nearest", "gaussian", "lof"), "global": ("nearest", "lof"),
+              "auto": ("nearest", "gaussian", "lof")}
+ALIGNED_SHARE = 0.5  # `auto`: position grouping from this share of patches met at their position
 
 
 def check(grouping: str, radius: int, names: Sequence[str], field: str) -> None:
@@ -53,7 +63,7 @@ def check(grouping: str, radius: int, names: Sequence[str], field: str) -> None:
     the config field naming them, model.discriminator or model.fusion)."""
     if grouping not in GROUPINGS:
         raise ValueError(f"model.grouping={grouping!r} is unknown; choose one of "
-                         f"{', '.join(GROUPINGS)}")
+                         f"{', '.join(GROUPINGS)}, or '' for the method's own")
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
         raise ValueError(f"model.group_radius={radius!r} must be an integer >= 0 (patches)")
     if grouping == "position":
@@ -250,12 +260,37 @@ def window_gaussian_scores(x, grid: Tuple[int, int], radius: int, budget_mb: flo
     return out.T
 
 
+def aligned_share(x, grid: Tuple[int, int], radius: int, budget_mb: float = 1024) -> float:
+    """(B, P, d) -> the share of the B * P patches whose nearest patch among the other images'
+    patches of its radius-`radius` window (`window_neighbours`, ties to the lower column) lies
+    at its own position."""
+    b, p, _ = x.shape
+    if grid is None or grid[0] * grid[1] != p:
+        raise ValueError(f"model.grouping=auto needs the patch grid of the {p} positions, "
+                         f"got {grid}")
+    _, idx = window_neighbours(x, grid, radius, 1, budget_mb)
+    return float(np.mean(idx[..., 0] % p == np.arange(p)[None]))
+
+
+def resolve(grouping: str, x, grid: Optional[Tuple[int, int]], radius: int,
+            budget_mb: float = 1024) -> Tuple[str, Optional[float]]:
+    """`auto` -> (`position` or `neighbourhood` by `aligned_share` of the (B, P, d) features,
+    the share); any other grouping -> (itself, None)."""
+    if grouping != "auto":
+        return grouping, None
+    share = aligned_share(x, grid, radius, budget_mb)
+    return ("position" if share >= ALIGNED_SHARE else "neighbourhood"), share
+
+
 def grouped_scores(x, name: str, grouping: str = "position", k: int = 6, radius: int = 2,
                    grid: Optional[Tuple[int, int]] = None, budget_mb: float = 1024,
                    progress: bool = False) -> np.ndarray:
     """(B, P, d) projected training features -> (B, P) scores of discriminator `name` under
     `grouping` (module docstring); `grid` (h, w), h * w = P, for `neighbourhood`."""
     b, p, _ = x.shape
+    if grouping == "auto":
+        raise ValueError("model.grouping=auto is decided per fit (grouping.resolve) before the "
+                         "discriminators run")
     if grouping == "position":
         groups = jnp.transpose(jnp.asarray(x), (1, 0, 2))  # (P, B, d): one group per position
         return discriminators.group_scores(groups, name, k, budget_mb, progress).T

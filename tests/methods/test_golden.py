@@ -2,9 +2,10 @@
 the method layer was redesigned (golden.npz, written by commit 28fa356's code on the same inputs).
 
 Two levels: fit and score on generated feature arrays (every method and discriminator variant),
-and the whole pipeline (backbone features, FYD's training, maps, metrics) on a generated
-MVTec-format category. Equal to the last digit, except PatchCore's reweighting, which was fixed to
-weight the Euclidean distance as the paper does (checked against the old value by that relation).
+equal to the last digit, except PatchCore's reweighting, which was fixed to weight the Euclidean
+distance as the paper does (checked against the old value by that relation); and the whole
+pipeline (backbone features, FYD's training, maps, metrics) on a generated MVTec-format category,
+equal up to the float32 rounding in which CPUs of different instruction sets differ.
 """
 import os
 
@@ -19,6 +20,7 @@ from softpatch_jax.pipeline import evaluate, validation
 from conftest import REPO, load_config
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden.npz")
+RTOL_ACROSS_CPUS = 2e-4
 
 VARIANTS = {
     "softpatch_lof": dict(method="softpatch", discriminator="lof"),
@@ -27,9 +29,10 @@ VARIANTS = {
     "softpatch_none": dict(method="softpatch", discriminator="none"),
     "patchcore": dict(method="patchcore"),
     "patchcore_knn_reweight": dict(method="patchcore", num_nn=3, reweight_neighbours=5),
-    "softpatch_plus": dict(method="softpatch_plus"),
+    # Pinned then with position grouping, SoftPatch+'s default before the alignment study.
+    "softpatch_plus": dict(method="softpatch_plus", grouping="position"),
     "softpatch_plus_max_nearest": dict(method="softpatch_plus", fusion="nearest,lof",
-                                       fusion_rule="max"),
+                                       fusion_rule="max", grouping="position"),
     "padim": dict(method="padim"),
 }
 
@@ -81,6 +84,7 @@ def test_pipeline_on_generated_category_as_before(golden, mvtec_root, tmp_path, 
                        max_test=0, resize=64, image_size=64, batch_size=8))
     c.noise.ratio, c.noise.overlap = 0.25, True
     c.model.method, c.model.lof_k = name.split("_lof")[0], 5
+    c.model.grouping = "position"  # SoftPatch+'s default when these were pinned
     c.fyd.epochs, c.fyd.batch_size = 2, 4
     c.runtime.cache_dir = cache_dir
     method = validation.check_config(c)
@@ -90,8 +94,14 @@ def test_pipeline_on_generated_category_as_before(golden, mvtec_root, tmp_path, 
                                    evaluate.category_key(c.seed, "widget"), str(tmp_path))
     scores = evaluate.score_category(method, fitted, split.test, c.data, "test")
     prefix = f"pipeline/{name}/"
-    np.testing.assert_array_equal(scores.image, golden[prefix + "image"])
-    np.testing.assert_array_equal(scores.grids, golden[prefix + "grids"])
+    # Not to the last digit here: XLA compiles the backbone's float32 convolutions for the CPU's
+    # instruction set (AVX2 / AVX-512), so features differ in their last bits between machines
+    # (measured: up to 4e-5 relative after FYD's training). The fit and score on fixed feature
+    # arrays above stay bit-exact; this level checks that the pipeline around them is unchanged.
+    np.testing.assert_allclose(scores.image, golden[prefix + "image"], rtol=RTOL_ACROSS_CPUS)
+    grids = golden[prefix + "grids"]  # near-zero distances: their error scales with the norms
+    np.testing.assert_allclose(scores.grids, grids, rtol=RTOL_ACROSS_CPUS,
+                               atol=RTOL_ACROSS_CPUS * np.abs(grids).max())
     result = evaluate.category_metrics(split, scores, evaluate.load_masks(split.test, c.data))
     for metric in ("image_auroc", "pixel_auroc", "aupro"):
-        assert result[metric] == pytest.approx(float(golden[prefix + metric]), rel=1e-12), metric
+        assert result[metric] == pytest.approx(float(golden[prefix + metric]), abs=1e-4), metric

@@ -111,7 +111,14 @@ def test_other_groupings_denoise_the_defects(grouping):
 
 def test_grouping_fields_from_config_are_checked():
     c = load_config("default.py")
-    assert (c.model.grouping, c.model.group_radius) == ("position", 2)
+    assert (c.model.grouping, c.model.group_radius) == ("", 2)  # '': each method's own
+    assert softpatch.SoftPatch.from_config(c).grouping == "position"
+    c.model.method = "softpatch_plus"
+    assert softpatch.SoftPatchPlus.from_config(c).grouping == "neighbourhood"
+    assert softpatch.SoftPatchPlus(layers=("stage3",)).grouping == "neighbourhood"
+    c.model.grouping = "position"
+    assert softpatch.SoftPatchPlus.from_config(c).grouping == "position"
+    c.model.method = "softpatch"
     c.model.grouping, c.model.group_radius = "neighbourhood", 3
     method = softpatch.SoftPatch.from_config(c)
     assert (method.grouping, method.group_radius) == ("neighbourhood", 3)
@@ -125,3 +132,35 @@ def test_grouping_fields_from_config_are_checked():
     c.model.grouping = "diagonal"
     with pytest.raises(ValueError, match="model.grouping='diagonal' is unknown"):
         softpatch.SoftPatch.from_config(c)
+
+
+@pytest.mark.parametrize("shift, picked", [(0, "position"), (1, "neighbourhood")])
+def test_auto_grouping_fits_exactly_as_the_grouping_it_picks(shift, picked):
+    """grouping=auto measures alignment on a projection of its own, so the fit is bit for bit
+    the fit under the grouping it picks (SoftPatch and SoftPatch+), and says which."""
+    rng = np.random.default_rng(4)
+    scene = rng.normal(size=(10, 10, 24)) * 3
+    offsets = rng.integers(0, 2 * shift + 1, size=(16, 2))
+    feats = np.stack([scene[dy:dy + 8, dx:dx + 8] for dy, dx in offsets])
+    feats = (feats + rng.normal(size=feats.shape) * 0.05).reshape(16, 64, 24).astype(np.float32)
+    key = jax.random.PRNGKey(2)
+    common = dict(lof_k=3, threshold=0.1, coreset_ratio=0.2, projection_dim=16, group_radius=2)
+    auto = _softpatch("lof", **common, grouping="auto").fit_details(Features(feats, (8, 8)), key,
+                                                                      False)
+    same = _softpatch("lof", **common, grouping=picked).fit_details(Features(feats, (8, 8)), key,
+                                                                      False)
+    assert (auto.grouping, same.grouping, same.aligned_share) == (picked, picked, None)
+    assert (auto.aligned_share >= 0.5) == (picked == "position")
+    np.testing.assert_array_equal(auto.patch_scores, same.patch_scores)
+    np.testing.assert_array_equal(auto.coreset_indices, same.coreset_indices)
+    plus = dict(lof_k=3, coreset_ratio=0.2, projection_dim=16, layers=("stage3",),
+                sampler=GreedyCoreset(projection_dim=16))
+    a_cls, a_seg = softpatch.SoftPatchPlus(grouping="auto", **plus).fit_details(
+        Features(feats, (8, 8)), key, False)
+    s_cls, s_seg = softpatch.SoftPatchPlus(grouping=picked, **plus).fit_details(
+        Features(feats, (8, 8)), key, False)
+    assert a_cls.grouping == a_seg.grouping == picked
+    for a, s in ((a_cls, s_cls), (a_seg, s_seg)):
+        np.testing.assert_array_equal(a.patch_scores, s.patch_scores)
+        np.testing.assert_array_equal(a.bank.weights, s.bank.weights)
+        np.testing.assert_array_equal(a.coreset_indices, s.coreset_indices)

@@ -63,7 +63,7 @@ def _features(b=30, p=9, d=48, seed=0):
 
 
 def _plus(**kw):
-    kw = {"fusion": ("lof", "gaussian"), **kw}
+    kw = {"fusion": ("lof", "gaussian"), "grouping": "position", **kw}  # as `_raw` computes
     return softpatch.SoftPatchPlus(lof_k=5, projection_dim=16, layers=("stage3",),
                                    coreset_ratio=0.2, sampler=GreedyCoreset(projection_dim=16),
                                    **kw)

@@ -190,3 +190,53 @@ def test_misaligned_parts_fool_position_grouping_but_not_neighbourhood(disc):
     assert (position[normal] > position[outlier]).sum() >= 10
     window = grouping.grouped_scores(x, disc, "neighbourhood", k=3, radius=2, grid=(8, 8))
     assert window[outlier] > window[normal].max() + 0.5 * (window[normal].max() - 1.0)
+
+
+def _aligned_share_reference(x, grid, radius):
+    """Brute force: each patch's nearest candidate (another image, within the window; ties to
+    the lower column of the window kNN, i.e. the earlier offset, then the lower image) -> the
+    share of patches whose nearest lies at their own position."""
+    b, p, _ = x.shape
+    cand = _candidates(b, grid, radius)
+    dist = np.where(cand, _distances(x), np.inf)
+    image, pos = np.divmod(np.arange(b * p), p)
+    row, col = np.divmod(pos, grid[1])
+    hits = 0
+    for i in range(b * p):
+        best = np.flatnonzero(dist[i] == dist[i].min())
+        # The window kNN's column order: offset (row-major), then image.
+        order = sorted(best, key=lambda j: ((row[j] - row[i]) * (2 * radius + 1)
+                                            + (col[j] - col[i]), image[j]))
+        hits += pos[order[0]] == pos[i]
+    return hits / (b * p)
+
+
+def shifted_scenes(b=10, grid=(8, 8), d=8, shift=1, seed=0):
+    """B views of one structured scene (every cell its own feature, as a part and its board),
+    each cropped at a random offset of up to `shift` patches, plus small noise -> (B, P, d)."""
+    rng = np.random.default_rng(seed)
+    h, w = grid
+    scene = rng.normal(size=(h + 2 * shift, w + 2 * shift, d)) * 3
+    offsets = rng.integers(0, 2 * shift + 1, size=(b, 2))
+    x = np.stack([scene[dy:dy + h, dx:dx + w] for dy, dx in offsets])
+    x += rng.normal(size=x.shape) * 0.05
+    return x.reshape(b, h * w, d).astype(np.float32)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_aligned_share_equals_brute_force_and_decides_auto(shift):
+    """Aligned views meet their counterparts at their own position (share near 1: `position`);
+    views shifted by up to a patch mostly meet them one position over (`neighbourhood`). A
+    plain background is a case the share cannot see: there any position serves as well."""
+    x = shifted_scenes(shift=shift, seed=3)
+    share = grouping.aligned_share(x, (8, 8), 2)
+    assert share == pytest.approx(_aligned_share_reference(x, (8, 8), 2), abs=1e-12)
+    choice, got = grouping.resolve("auto", x, (8, 8), 2)
+    assert got == share
+    if shift == 0:
+        assert share > 0.99 and choice == "position"
+    else:
+        assert share < grouping.ALIGNED_SHARE and choice == "neighbourhood"
+    assert grouping.resolve("global", x, (8, 8), 2) == ("global", None)
+    with pytest.raises(ValueError, match="decided per fit"):
+        grouping.grouped_scores(x, "lof", "auto", k=3, radius=2, grid=(8, 8))
