@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.threshold = 0.15
     config.model.lof_k = 6
     # Discriminator groups: position | neighbourhood | global, or '' for the method's own:
-    # softpatch position (the official code's), softpatch_plus neighbourhood (alignment study).
+    # softpatch position (the official code's), softpatch_plus auto (the alignment study's).
     config.model.grouping = ""
     config.model.group_radius = 2         # neighbourhood: Chebyshev window radius in patches
     config.model.coreset_ratio = 0.1

@@ -14,9 +14,9 @@ the flat index b * P + p. Every grouping returns (B, P) scores.
 - `auto`: `position` where the parts line up, `neighbourhood` where they move, decided from the
   unlabeled training features (`aligned_share`): the share of patches whose nearest patch among
   the other images' patches of its radius-r window lies at its own position. On aligned parts
-  most patches meet their counterpart where they are (MVTec transistor 0.72); where parts turn
-  or shift, a neighbour position serves as often (the rotated transistor 0.33, VisA fryum 0.37;
-  1 / window size when nothing lines up). `auto` takes `position` from ALIGNED_SHARE = 0.5 up:
+  most patches meet their counterpart where they are (MVTec transistor 0.72, ELPV mono 0.58);
+  where parts turn or shift, or on textures, a neighbour position serves as often (the rotated
+  transistor 0.33, VisA fryum 0.37, ELPV poly 0.42; 1 / window size when nothing lines up). `auto` takes `position` from ALIGNED_SHARE = 0.5 up:
   position groups carry the information where a part should be (a missing part looks like the
   background at the next position), which windows give away (alignment study, README).
 

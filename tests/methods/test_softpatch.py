@@ -114,8 +114,8 @@ def test_grouping_fields_from_config_are_checked():
     assert (c.model.grouping, c.model.group_radius) == ("", 2)  # '': each method's own
     assert softpatch.SoftPatch.from_config(c).grouping == "position"
     c.model.method = "softpatch_plus"
-    assert softpatch.SoftPatchPlus.from_config(c).grouping == "neighbourhood"
-    assert softpatch.SoftPatchPlus(layers=("stage3",)).grouping == "neighbourhood"
+    assert softpatch.SoftPatchPlus.from_config(c).grouping == "auto"
+    assert softpatch.SoftPatchPlus(layers=("stage3",)).grouping == "auto"
     c.model.grouping = "position"
     assert softpatch.SoftPatchPlus.from_config(c).grouping == "position"
     c.model.method = "softpatch"
