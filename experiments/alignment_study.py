@@ -329,6 +329,19 @@ def choose_default(config, rows, family: str) -> Tuple[str, List[str]]:
     return chosen, lines + [""]
 
 
+def chosen_defaults(config, rule: Tuple[str, str]) -> Tuple[str, str]:
+    """The (SoftPatch, SoftPatch+) entries the goals are checked for: `sweep.chosen` (one entry
+    of each family, when the defaults were chosen otherwise than by the rule), else the rule's."""
+    spec = comma_list(config.sweep.get("chosen", ""))
+    if not spec:
+        return rule
+    fams = [e.split("@")[0] for e in spec]
+    if sorted(fams) != ["lof", "softpatch_plus"]:
+        raise ValueError(f"sweep.chosen={config.sweep.chosen!r} must name one lof entry and one "
+                         "softpatch_plus entry, e.g. lof,softpatch_plus@grouping=auto")
+    return spec[fams.index("lof")], spec[fams.index("softpatch_plus")]
+
+
 def goals_markdown(config, rows) -> List[str]:
     """The rule's choices and the issue's three goals, cell by cell, with the cells that miss."""
     cells = _cells(rows)
@@ -347,7 +360,11 @@ def goals_markdown(config, rows) -> List[str]:
     ref = config.sweep.reference
     # Goal 1: misaligned, 0.1 overlap: at least half of the gap to clean PatchCore recovered;
     # checked for the chosen SoftPatch and the chosen SoftPatch+ (both are SoftPatch).
-    lines += ["## Goals", "", f"Chosen: SoftPatch `{lof}`, SoftPatch+ `{plus}`.", ""]
+    rule = (lof, plus)
+    lof, plus = chosen_defaults(config, rule)
+    note = "" if (lof, plus) == rule else (
+        f" (sweep.chosen; the rule proposes `{rule[0]}` and `{rule[1]}`: README says why)")
+    lines += ["## Goals", "", f"Chosen: SoftPatch `{lof}`, SoftPatch+ `{plus}`{note}.", ""]
     misses = []
     for title, family, chosen in (("SoftPatch", "lof", lof), ("SoftPatch+", "softpatch_plus",
                                                                 plus)):

@@ -273,6 +273,8 @@ def test_rule_picks_the_best_mean_that_keeps_the_aligned_cells():
         ("fryum", "fryum", 0.1, "overlap"): {
             "none": (0.60, 0.60), "lof": (0.70, 0.80), nb: (0.82, 0.85), gl: (0.88, 0.88)}}
     rows = _rows(values)
+    with config.unlocked():
+        config.sweep.chosen = ""  # the goals for the rule's picks
     # global has the best mean but loses 0.03 on an aligned cell: neighbourhood is chosen.
     chosen, lines = study.choose_default(config, rows, "lof")
     assert chosen == nb
@@ -281,6 +283,14 @@ def test_rule_picks_the_best_mean_that_keeps_the_aligned_cells():
     text = "\n".join(study.goals_markdown(config, rows))
     # Goal 1a on fryum 0.1 overlap: gap 0.90 - 0.70 = 0.20, recovered 0.12 (60 %).
     assert "| fryum, 0.1 overlap | 0.7000 | 0.8200 | 0.9000 | +0.2000 | 60% | yes |" in text
+    with config.unlocked():
+        config.sweep.chosen = f"{gl},softpatch_plus"  # chosen otherwise: the goals follow
+    text = "\n".join(study.goals_markdown(config, rows))
+    assert f"Chosen: SoftPatch `{gl}`, SoftPatch+ `softpatch_plus` (sweep.chosen" in text
+    assert "| fryum, 0.1 overlap | 0.7000 | 0.8800 | 0.9000 | +0.2000 | 90% | yes |" in text
+    config.sweep.chosen = "lof"
+    with pytest.raises(ValueError, match="sweep.chosen='lof' must name one lof entry"):
+        study.goals_markdown(config, rows)
     # Without the neighbourhood variant the default stays; a variant that gains <= 0.001 too.
     values2 = {k: {m: v for m, v in per.items() if m != nb} for k, per in values.items()}
     assert study.choose_default(config, _rows(values2), "lof")[0] == "lof"
