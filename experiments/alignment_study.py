@@ -104,6 +104,17 @@ def _base_fields(config) -> dict:
     return json.loads(json.dumps(flat, default=str))
 
 
+def _parent(config, dotted: str, create: bool = False):
+    """'a.b.c' -> (the ConfigDict config.a.b, 'c'); `create`: missing sections are made."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        if create and p not in node:
+            node[p] = ml_collections.ConfigDict()
+        node = node[p]
+    return node, leaf
+
+
 def pin_config(config, root: str):
     """The study's config with the field set of its first run (module docstring) -> (config,
     [warnings])."""
@@ -122,28 +133,17 @@ def pin_config(config, root: str):
         return config, []
     config = config.copy_and_resolve_references()
     for dotted in changed:  # a default changed since (or an override): the study's value holds
-        *parents, leaf = dotted.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
+        node, leaf = _parent(config, dotted)
         value = pinned[dotted]
         node[leaf] = tuple(value) if isinstance(node[leaf], tuple) else value
     for dotted in added:  # left out: the study's points were computed without them
-        *parents, leaf = dotted.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
+        node, leaf = _parent(config, dotted)
         del node[leaf]
     for section in {d.split(".")[0] for d in added}:
         if section in config and not config[section].keys():
             del config[section]
     for dotted in removed:
-        *parents, leaf = dotted.split(".")
-        node = config
-        for p in parents:
-            if p not in node:
-                node[p] = ml_collections.ConfigDict()
-            node = node[p]
+        node, leaf = _parent(config, dotted, create=True)
         node[leaf] = pinned[dotted]
     notes = []
     if added:

@@ -160,11 +160,12 @@ class SoftPatch(PatchCore):
 
     def __init__(self, *, discriminator="lof", threshold: float = 0.15, lof_k: int = 6,
                  soft_weight: bool = True, projection_dim: int = 128,
-                 grouping: str = "position", group_radius: int = 2, **bank):
+                 grouping: str = "", group_radius: int = 2, **bank):
         super().__init__(**bank)
         self.discriminator = None if discriminator in (None, "none") else discriminator
         self.threshold, self.lof_k, self.projection_dim = threshold, lof_k, projection_dim
-        self.grouping, self.group_radius = grouping, group_radius
+        # '' (model.grouping's default) is this method's own grouping.
+        self.grouping, self.group_radius = grouping or self.default_grouping, group_radius
         self.soft_weight = soft_weight and self.discriminator is not None
 
     @classmethod
@@ -291,7 +292,6 @@ class SoftPatchPlus(SoftPatch):
                  cls_threshold: float = 0.15, seg_threshold: float = 0.5,
                  rank_norm: str = "global", fusion_weights: Optional[Sequence[float]] = None,
                  soft_source: str = "first", shared_projection: bool = True, **softpatch):
-        softpatch.setdefault("grouping", self.default_grouping)
         super().__init__(discriminator=None, **softpatch)
         self.fusion, self.fusion_rule = tuple(fusion), fusion_rule
         self.cls_threshold, self.seg_threshold = cls_threshold, seg_threshold

@@ -16,9 +16,10 @@ the flat index b * P + p. Every grouping returns (B, P) scores.
   the other images' patches of its radius-r window lies at its own position. On aligned parts
   most patches meet their counterpart where they are (MVTec transistor 0.72, ELPV mono 0.58);
   where parts turn or shift, or on textures, a neighbour position serves as often (the rotated
-  transistor 0.33, VisA fryum 0.37, ELPV poly 0.42; 1 / window size when nothing lines up). `auto` takes `position` from ALIGNED_SHARE = 0.5 up:
-  position groups carry the information where a part should be (a missing part looks like the
-  background at the next position), which windows give away (alignment study, README).
+  transistor 0.33, VisA fryum 0.37, ELPV poly 0.42; 1 / window size when nothing lines up).
+  `auto` takes `position` from ALIGNED_SHARE = 0.5 up: position groups carry the information
+  where a part should be (a missing part looks like the background at the next position), which
+  windows give away (alignment study, README).
 
 Per discriminator, with C(b, p) the candidates above:
 - `nearest`: 1 + the distance to the nearest candidate.
@@ -53,8 +54,8 @@ from softpatch_jax.ops import discriminators, gaussian
 from softpatch_jax.ops.chunking import map_chunks
 
 GROUPINGS = ("position", "neighbourhood", "global", "auto")
-_SUPPORTED = {"neighbourhood": ("nearest", "gaussian", "lof"), "global": ("nearest", "lof"),
-              "auto": ("nearest", "gaussian", "lof")}
+_SUPPORTED = {"neighbourhood": ("nearest", "gaussian", "lof"), "global": ("nearest", "lof")}
+_SUPPORTED["auto"] = _SUPPORTED["neighbourhood"]  # it runs as position or neighbourhood
 ALIGNED_SHARE = 0.5  # `auto`: position grouping from this share of patches met at their position
 
 
