@@ -113,4 +113,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.runtime.exact_pruning = True   # pruned coreset and 1-NN (same results; False: dense)
     config.runtime.distributed = False    # multi-host: call jax.distributed.initialize()
     config.runtime.cache_dir = ""         # converted weights; '' = ~/.cache/softpatch_jax
+    config.runtime.compilation_cache = True  # keep compiled XLA programs in <cache_dir>/xla
     return config

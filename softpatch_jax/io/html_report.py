@@ -29,6 +29,9 @@ import numpy as np
 
 from softpatch_jax.io import report
 from softpatch_jax.io.files import atomic_path, write_json
+# result.json's `stage_seconds` are shown in run order (write_json sorts the keys); names not
+# listed follow, in the stored order.
+from softpatch_jax.timing import STAGES
 
 REPORT_FILE = "report.html"
 CURVES_FILE = "curves.json"
@@ -65,6 +68,8 @@ KEY_FIELDS = ("seed", "data.name", "data.root", "data.category", "data.resize",
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
            "#F0E442")
 NORMAL_COLOUR, ANOMALY_COLOUR = "#0072B2", "#D55E00"
+# Wall time no stage accounts for is shown as a bar of its own above this (seconds).
+UNACCOUNTED = 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +444,42 @@ def svg_ranks(scores: Sequence[float], injected: Sequence[bool], flagged: Sequen
     return "".join(out)
 
 
+def _secs(v: float) -> str:
+    """Seconds for a label: 0.04, 6.1, 1,234."""
+    if 0 < abs(v) < 0.095:
+        return f"{v:.2f}"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.1f}"
+
+
+def svg_stage_bars(bars: Sequence[tuple], title: str, width: int = 460) -> str:
+    """Horizontal bars of (label, seconds, colour) in the given order, each labelled with its
+    name on the left and its seconds on the right, lengths scaled to the largest."""
+    bars = [(label, max(float(v), 0.0), colour) for label, v, colour in bars]
+    if not bars:
+        return ""
+    row, top = 16, 24
+    left = min(10 + 6 * max(len(label) for label, _, _ in bars), width // 2)  # the names
+    span = max(width - left - 52, 40)  # room for "1,234 s" after the longest bar
+    height = top + row * len(bars) + 4
+    vmax = max(v for _, v, _ in bars) or 1.0
+    total = sum(v for _, v, _ in bars) or 1.0
+    out = [f'<svg class="chart stages" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+           f'height="{height}" viewBox="0 0 {width} {height}" role="img">',
+           f"<title>{esc(title)}</title>",
+           f'<text x="8" y="15" class="t">{esc(title)}</text>',
+           f'<line x1="{left}" x2="{left}" y1="{top - 2}" y2="{height - 4}" class="frame"/>']
+    for k, (label, v, colour) in enumerate(bars):
+        y = top + row * k
+        w = v / vmax * span
+        out.append(f"<g><title>{esc(label)}: {v:.2f} s, {100 * v / total:.0f}% of all bars"
+                   f'</title><text x="{left - 4}" y="{y + 9}" class="yt">{esc(label)}</text>'
+                   f'<rect class="bar" x="{left}" y="{y}" width="{w:.1f}" height="11" '
+                   f'fill="{colour}"/><text x="{left + w + 4:.1f}" y="{y + 9}" class="lg">'
+                   f"{_secs(v)} s</text></g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sections
 
@@ -622,8 +663,38 @@ def _audit(folder: str, name: str, result: dict) -> str:
             + _table(["rank", "file", "score", "flagged", "injected"], top) + "</details></div>")
 
 
+def _stage_chart(result: dict) -> str:
+    """result.json's `stage_seconds` as bars (the longest stage in the anomaly colour; time no
+    stage accounts for, when over half a second, as a grey bar of its own) and a line with the
+    total and the part spent compiling (which overlaps the stages); "" without stages."""
+    stages = result.get("stage_seconds")
+    if not isinstance(stages, dict):
+        return ""
+    found = [(str(k), v) for k, v in stages.items()
+             if not isinstance(v, bool) and _float(v) is not None]
+    found.sort(key=lambda kv: STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES))
+    if not found:
+        return ""
+    longest = max(range(len(found)), key=lambda i: _float(found[i][1]))
+    bars = [(k, _float(v), ANOMALY_COLOUR if i == longest else PALETTE[0])
+            for i, (k, v) in enumerate(found)]
+    summed = sum(max(v, 0.0) for _, v, _ in bars)
+    total = None if isinstance(result.get("seconds"), bool) else _float(result.get("seconds"))
+    gap = round(total - summed, 2) if total is not None else 0.0
+    if gap > UNACCOUNTED:
+        bars.append(("other (unaccounted)", gap, "#999999"))
+    line = (f"total {_secs(total)} s" if total is not None
+            else f"stages sum to {_secs(summed)} s")
+    compiling = result.get("seconds_compile")
+    if not isinstance(compiling, bool) and _float(compiling) is not None:
+        line += f"; of which compiling {_secs(_float(compiling))} s"
+    return ('<div class="stages"><h3>Time</h3>'
+            + svg_stage_bars(bars, "seconds by stage") + f'<p class="scale">{esc(line)}</p></div>')
+
+
 def _category_section(name: str, folder: str, result: dict, rel: str, anchor: str) -> str:
-    """One category (or sweep point): counts, metrics, curves, histogram, gallery, audit."""
+    """One category (or sweep point): counts, metrics, curves, histogram, gallery, audit,
+    time by stage."""
     n_test, n_anom = result.get("n_test"), result.get("n_test_anomalous")
     line = (f"{_fmt(result.get('n_train_clean'))} clean + {_fmt(result.get('n_noise'))} injected "
             f"training images; {_fmt(n_test)} test images ({_fmt(n_anom)} anomalous).")
@@ -657,6 +728,7 @@ def _category_section(name: str, folder: str, result: dict, rel: str, anchor: st
     return (f'<section id="{anchor}" class="category"><h2>{esc(name)}</h2><p>{line}</p>'
             f"<p>{chips}</p>{decisions}{note}{_curve_charts(folder, result)}{defects}"
             f"{_gallery(folder, threshold)}{_audit(folder, name, result)}"
+            f"{_stage_chart(result)}"
             f'<p class="files">files: {files}</p></section>')
 
 

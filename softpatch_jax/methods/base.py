@@ -20,6 +20,7 @@ import numpy as np
 
 from softpatch_jax.evaluation import anomaly_map
 from softpatch_jax.features.types import Features, FeatureSpec  # noqa: F401 (re-exported)
+from softpatch_jax.timing import NO_CLOCK, StageClock
 
 
 @dataclasses.dataclass
@@ -87,9 +88,12 @@ class Method:
         raise NotImplementedError
 
     def fit_with_noise(self, features: Features, key: jax.Array, learned: Any = None,
-                       progress: bool = True) -> Tuple[Any, Optional[TrainingNoise]]:
-        """`fit`, and what its denoising found in the training images (None without one)."""
-        return self.fit(features, key, learned, progress), None
+                       progress: bool = True, clock: StageClock = NO_CLOCK
+                       ) -> Tuple[Any, Optional[TrainingNoise]]:
+        """`fit`, and what its denoising found in the training images (None without one);
+        `clock` gets the fit's stages (here one, 'fit')."""
+        with clock.stage("fit"):
+            return self.fit(features, key, learned, progress), None
 
     def score(self, fitted, features: Features) -> Scores:
         raise NotImplementedError
@@ -100,6 +104,13 @@ class Method:
         thresholds from unlabeled data. NotImplementedError where the method has no such
         one-pass form (the caller then refits on folds)."""
         raise NotImplementedError(f"{self.name} has no leave-own-image-out scoring")
+
+    def training_bounds(self, fitted, features: Features):
+        """`training_scores`' patch scores as certified bounds, computed exactly on demand:
+        (evaluation.pruned.BoundedGrids of the image scores, those of the maps), so that
+        calibration computes only the patches its answers depend on. NotImplementedError where
+        the method has no such form (the caller then takes `training_scores`)."""
+        raise NotImplementedError(f"{self.name} has no bounded leave-own-image-out scores")
 
     def fitted_from_arrays(self, arrays: Dict[str, Any]):
         raise NotImplementedError

@@ -15,10 +15,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from softpatch_jax.evaluation.pruned import BoundedGrids
 from softpatch_jax.methods.base import Features, FeatureSpec, Method, Scores
 from softpatch_jax.methods.registry import register
-from softpatch_jax.ops import knn
+from softpatch_jax.ops import knn, leave_out
 from softpatch_jax.ops.coreset import GreedyCoreset
 from softpatch_jax.settings import comma_list
 
@@ -74,27 +76,80 @@ def build_bank(train_features: np.ndarray, sampling: np.ndarray, soft: np.ndarra
 
 def patch_scores(test_features: np.ndarray, bank: MemoryBank, search, soft_weight: bool = True,
                  num_nn: int = 1, exclude: Optional[np.ndarray] = None,
-                 budget_mb: float = 1024) -> np.ndarray:
+                 budget_mb: float = 1024, desc: str = "") -> np.ndarray:
     """(T, P, D) test features -> (T, P) patch scores: mean squared distance to the num_nn
     nearest entries (the official anomaly_score_num_nn; 1 = SoftPatch), times the nearest
     entry's soft weight when `soft_weight`. `search`: a nearest-neighbour strategy (ops.knn).
     `exclude` (T,) int: image t never meets the bank entries whose source is exclude[t]
     (leave-own-image-out scoring of training images; needs `bank.sources`)."""
     t, p, d = test_features.shape
-    queries = test_features.reshape(t * p, d)
-    if exclude is None:
+    groups = None if exclude is None else np.repeat(np.asarray(exclude, np.int32), p)
+    return query_scores(test_features.reshape(t * p, d), bank, search, soft_weight, num_nn,
+                        groups, budget_mb, desc).reshape(t, p)
+
+
+# Queries per search call when a progress bar is shown: >= knn.MAX_ROWS each (a call's chunks
+# then have brute force's row count, so each query's result is the one-call result).
+BLOCK_ROWS = 16 * knn.MAX_ROWS
+
+
+def query_scores(queries: np.ndarray, bank: MemoryBank, search, soft_weight: bool = True,
+                 num_nn: int = 1, groups: Optional[np.ndarray] = None,
+                 budget_mb: float = 1024, desc: str = "") -> np.ndarray:
+    """`patch_scores` of (N, D) queries -> (N,); `groups` (N,) int: query i never meets the
+    entries whose source is groups[i]. Each query's score does not depend on the others'.
+    `desc`: a progress bar of that name over blocks of queries (same results)."""
+    n = len(queries)
+    if desc and n >= 2 * BLOCK_ROWS:
+        starts = list(range(0, n - BLOCK_ROWS, BLOCK_ROWS))  # the last block takes the rest
+        out = []
+        with tqdm(total=n, desc=desc, leave=False, unit="patch", unit_scale=True) as bar:
+            for a, b in zip(starts, starts[1:] + [n]):
+                out.append(query_scores(queries[a:b], bank, search, soft_weight, num_nn,
+                                        None if groups is None else groups[a:b], budget_mb))
+                bar.update(b - a)
+        return np.concatenate(out)
+    if groups is None:
         dist, idx = search.k_nearest(queries, bank.features, num_nn)
     else:
         if bank.sources is None:
             raise NotImplementedError("the memory bank does not record its entries' source "
                                       "images (a model saved by an earlier version)")
-        groups = np.repeat(np.asarray(exclude, np.int32), p)
         dist, idx = knn.k_nearest_excluding(queries, groups, bank.features, bank.sources,
                                             num_nn, budget_mb, search)
     score = dist.mean(axis=1)
     if soft_weight:
         score = score * bank.weights[idx[:, 0]]
-    return score.reshape(t, p)
+    return score
+
+
+def left_out_grids(features, bank: MemoryBank, search, soft_weight: bool, image_size: int,
+                   blur_sigma: float, budget_mb: float = 1024) -> BoundedGrids:
+    """Certified upper bounds on the (B, h, w) left-out patch scores of the B training images in
+    `features` against `bank` (1 nearest neighbour), with their exact scores on demand
+    (evaluation/pruned.py; ops/leave_out.py)."""
+    if bank.sources is None:
+        raise NotImplementedError("the memory bank does not record its entries' source images "
+                                  "(a model saved by an earlier version)")
+    b, p, d = features.patches.shape
+    queries = features.patches.reshape(b * p, d)
+    groups = np.repeat(np.arange(b, dtype=np.int32), p)
+    upper = leave_out.upper_bounds(queries, groups, bank.features, bank.sources,
+                                   bank.weights if soft_weight else None, budget_mb,
+                                   desc="calibration: bounds")
+
+    # |q|^2 rounds by the row count of the chunk it is computed in (ops/knn.py), and a call
+    # with fewer queries than a chunk uses smaller chunks: padded to at least the full pass's
+    # chunk, a subset's scores are bitwise the full pass's.
+    rows = min(len(queries), knn.MAX_ROWS)
+
+    def exact(idx: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([idx, np.repeat(idx[-1:], max(0, rows - len(idx)))])
+        return query_scores(queries[padded], bank, search, soft_weight, 1, groups[padded],
+                            budget_mb, "calibration: left-out scores")[:len(idx)]
+
+    return BoundedGrids(upper.reshape((b,) + tuple(features.grid)), exact, image_size,
+                        blur_sigma)
 
 
 def reweighted_image_scores(test_features: np.ndarray, patch: np.ndarray, bank: MemoryBank,
@@ -142,6 +197,7 @@ def bank_options(config) -> dict:
 class PatchCore(Method):
     """PatchCore: no denoising, no soft weights."""
     name = "patchcore"
+    soft_weight = False  # scores are plain distances (SoftPatch sets its own)
 
     def __init__(self, *, layers, coreset_ratio: float = 0.1, num_nn: int = 1,
                  reweight_neighbours: int = 0, image_size: int = 224, blur_sigma: float = 4.0,
@@ -168,11 +224,12 @@ class PatchCore(Method):
         return bank
 
     def bank_scores(self, bank: MemoryBank, features: Features, soft_weight: bool,
-                    exclude: Optional[np.ndarray] = None) -> np.ndarray:
+                    exclude: Optional[np.ndarray] = None, desc: str = "1-NN scores"
+                    ) -> np.ndarray:
         """(T, h, w) patch-score grids against one bank (`exclude`: see `patch_scores`)."""
         t = len(features)
         return patch_scores(features.patches, bank, self.search, soft_weight, self.num_nn,
-                            exclude, self.budget_mb).reshape(t, *features.grid)
+                            exclude, self.budget_mb, desc).reshape(t, *features.grid)
 
     def image_scores(self, bank: MemoryBank, features: Features, grids: np.ndarray) -> np.ndarray:
         patch = grids.reshape(len(features), -1)
@@ -194,6 +251,21 @@ class PatchCore(Method):
             raise NotImplementedError("model.reweight_neighbours > 0 has no leave-own-image-out "
                                       "scoring")
         return self.score(fitted, features, exclude=np.arange(len(features)))
+
+    def _left_out_banks(self, fitted):
+        """(the bank of the image scores, the bank of the maps)."""
+        return fitted, fitted
+
+    def training_bounds(self, fitted, features: Features):
+        """The left-out patch scores of `training_scores` as BoundedGrids, exact on demand:
+        (those of the image scores, those of the maps; one object when one bank gives both)."""
+        if self.reweight_neighbours > 0 or self.num_nn != 1:
+            raise NotImplementedError("bounds are for 1-NN scores without reweighting")
+        image_bank, map_bank = self._left_out_banks(fitted)
+        grids = [left_out_grids(features, bank, self.search, self.soft_weight, self.image_size,
+                                self.blur_sigma, self.budget_mb)
+                 for bank in ((image_bank,) if map_bank is image_bank else (image_bank, map_bank))]
+        return grids[0], grids[-1]
 
     def fitted_from_arrays(self, arrays) -> MemoryBank:
         return MemoryBank.from_arrays(arrays)

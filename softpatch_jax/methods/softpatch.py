@@ -25,6 +25,7 @@ from softpatch_jax.ops import discriminators
 from softpatch_jax.ops import grouping as grouping_ops
 from softpatch_jax.ops.distances import project, random_projection
 from softpatch_jax.settings import comma_list
+from softpatch_jax.timing import NO_CLOCK, StageClock
 
 FUSION_RULES = ("mean", "max", "weighted")
 RANK_NORMS = ("global", "position")
@@ -231,9 +232,10 @@ class SoftPatch(PatchCore):
     def check(self, n_train: int) -> None:
         self._check_train(n_train, [self.discriminator] if self.discriminator else [])
 
-    def fit_details(self, features: Features, key: jax.Array,
-                    progress: bool = True) -> "FitDetails":
-        """The fit with what led to it: discriminator scores, sampling weights, picks."""
+    def fit_details(self, features: Features, key: jax.Array, progress: bool = True,
+                    clock: StageClock = NO_CLOCK) -> "FitDetails":
+        """The fit with what led to it: discriminator scores, sampling weights, picks. `clock`
+        gets 'discriminator' and 'coreset'."""
         train = features.patches
         b, p, _ = train.shape
         key_disc, key_bank = jax.random.split(key)
@@ -241,12 +243,14 @@ class SoftPatch(PatchCore):
         if self.discriminator is None:
             sampling = soft = np.ones((b, p), np.float32)
         else:
-            grouping, share = self._resolve_grouping(features, key_disc)
-            scores = self._noise_scores(features, key_disc, self.discriminator, progress,
-                                        grouping)
-            sampling, soft = denoise(scores, self.threshold)
-        bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank,
-                               dataclasses.replace(self.sampler, progress=progress))
+            with clock.stage("discriminator"):
+                grouping, share = self._resolve_grouping(features, key_disc)
+                scores = self._noise_scores(features, key_disc, self.discriminator, progress,
+                                            grouping)
+                sampling, soft = denoise(scores, self.threshold)
+        with clock.stage("coreset"):
+            bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank,
+                                   dataclasses.replace(self.sampler, progress=progress))
         return FitDetails(bank, scores, sampling, idx, grouping, share)
 
     def fit(self, features: Features, key: jax.Array, learned=None,
@@ -254,8 +258,8 @@ class SoftPatch(PatchCore):
         return self.fit_details(features, key, progress).bank
 
     def fit_with_noise(self, features: Features, key: jax.Array, learned=None,
-                       progress: bool = True):
-        details = self.fit_details(features, key, progress)
+                       progress: bool = True, clock: StageClock = NO_CLOCK):
+        details = self.fit_details(features, key, progress, clock)
         if details.patch_scores is None:
             return details.bank, None
         return details.bank, TrainingNoise(details.patch_scores, details.sampling_weights == 0)
@@ -357,29 +361,33 @@ class SoftPatchPlus(SoftPatch):
             scores = raw[0]
         return np.maximum(scores, 0.0).astype(np.float32)
 
-    def fit_details(self, features: Features, key: jax.Array,
-                    progress: bool = True) -> Tuple[FitDetails, FitDetails]:
-        """(classification, segmentation) fits with what led to them (fused rank scores)."""
+    def fit_details(self, features: Features, key: jax.Array, progress: bool = True,
+                    clock: StageClock = NO_CLOCK) -> Tuple[FitDetails, FitDetails]:
+        """(classification, segmentation) fits with what led to them (fused rank scores).
+        `clock` gets 'discriminator' and 'coreset' (both banks)."""
         train = features.patches
         key_disc, key_bank = jax.random.split(key)
-        grouping, share = self._resolve_grouping(features, key_disc)
-        raw = [self._noise_scores(features, jax.random.fold_in(key_disc, i), d, progress,
-                                  grouping)
-               for i, d in enumerate(self.fusion)]
-        fused = fuse_ranks(raw, self.fusion_rule, self.rank_norm, self.fusion_weights)
-        soft = self._soft_weights(raw, fused, features, key_disc, progress, grouping)
+        with clock.stage("discriminator"):
+            grouping, share = self._resolve_grouping(features, key_disc)
+            raw = [self._noise_scores(features, jax.random.fold_in(key_disc, i), d, progress,
+                                      grouping)
+                   for i, d in enumerate(self.fusion)]
+            fused = fuse_ranks(raw, self.fusion_rule, self.rank_norm, self.fusion_weights)
+            soft = self._soft_weights(raw, fused, features, key_disc, progress, grouping)
         sampler = dataclasses.replace(self.sampler, progress=progress)
         reduced = None
-        if self.coreset_ratio < 1.0 and self.shared_projection:  # one projection for both banks
-            reduced = sampler.project(train, jax.random.split(key_bank)[0])
         details = []
-        for i, tau in enumerate((self.cls_threshold, self.seg_threshold)):
-            sampling, _ = denoise(fused, tau)
-            # Not shared: the segmentation bank draws its own projection and starts.
-            key = key_bank if self.shared_projection or i == 0 else jax.random.fold_in(key_bank, 1)
-            bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key, sampler,
-                                   reduced)
-            details.append(FitDetails(bank, fused, sampling, idx, grouping, share))
+        with clock.stage("coreset"):
+            if self.coreset_ratio < 1.0 and self.shared_projection:  # one projection, 2 banks
+                reduced = sampler.project(train, jax.random.split(key_bank)[0])
+            for i, tau in enumerate((self.cls_threshold, self.seg_threshold)):
+                sampling, _ = denoise(fused, tau)
+                # Not shared: the segmentation bank draws its own projection and starts.
+                key = (key_bank if self.shared_projection or i == 0
+                       else jax.random.fold_in(key_bank, 1))
+                bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key, sampler,
+                                       reduced)
+                details.append(FitDetails(bank, fused, sampling, idx, grouping, share))
         return details[0], details[1]
 
     def fit(self, features: Features, key: jax.Array, learned=None,
@@ -388,18 +396,22 @@ class SoftPatchPlus(SoftPatch):
         return TwoBanks(cls.bank, seg.bank)
 
     def fit_with_noise(self, features: Features, key: jax.Array, learned=None,
-                       progress: bool = True):
-        cls, seg = self.fit_details(features, key, progress)
+                       progress: bool = True, clock: StageClock = NO_CLOCK):
+        cls, seg = self.fit_details(features, key, progress, clock)
         return TwoBanks(cls.bank, seg.bank), TrainingNoise(cls.patch_scores,
                                                            cls.sampling_weights == 0)
 
     def score(self, fitted: TwoBanks, features: Features,
               exclude: Optional[np.ndarray] = None) -> Scores:
-        cls_grids = self.bank_scores(fitted.classification, features, self.soft_weight, exclude)
+        cls_grids = self.bank_scores(fitted.classification, features, self.soft_weight, exclude,
+                                     "1-NN scores (classification bank)")
         image = self.image_scores(fitted.classification, features, cls_grids)
-        grids = self.bank_scores(fitted.segmentation, features, self.soft_weight,
-                                 exclude)  # maps
+        grids = self.bank_scores(fitted.segmentation, features, self.soft_weight, exclude,
+                                 "1-NN scores (segmentation bank)")  # maps
         return Scores(image, grids, self.image_size, self.blur_sigma)
+
+    def _left_out_banks(self, fitted: TwoBanks):
+        return fitted.classification, fitted.segmentation
 
     def fitted_from_arrays(self, arrays) -> TwoBanks:
         return TwoBanks.from_arrays(arrays)

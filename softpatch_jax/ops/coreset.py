@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from softpatch_jax.ops.distances import project, random_projection
+from softpatch_jax.ops.distances import project, random_projection, sketch_basis, sketch_rows
 
 PRUNE_MIN_ROWS = 8192  # `greedy_coreset` prunes from this many rows (below, the dense loop is fast)
 
@@ -356,22 +356,7 @@ def _sketches(x: np.ndarray, k: int):
     """Rows (n, d) float32 -> the float32 sketches z^ (n, k+1) of z = (P^T (x - mu),
     |(I - P P^T)(x - mu)|), P the top k principal directions of at most 16384 evenly spaced rows,
     e, the largest |z^ - z|, and the largest |x| (float64)."""
-    sample = x[::max(1, len(x) // 16384)].astype(np.float64)
-    mu = sample.mean(axis=0)
-    k = min(k, x.shape[1])
-    p = np.linalg.eigh(np.cov(sample, rowvar=False).reshape(x.shape[1], -1))[1][:, ::-1][:, :k]
-    z = np.empty((len(x), k + 1), np.float32)
-    err = norm = 0.0
-    for s in range(0, len(x), 16384):  # float64, in chunks
-        v = x[s:s + 16384].astype(np.float64)
-        norm = max(norm, float(np.sqrt((v * v).sum(axis=1).max())))
-        v -= mu
-        y = v @ p
-        resid = v - y @ p.T  # the residual itself: no cancellation in its norm
-        exact = np.concatenate([y, np.sqrt((resid * resid).sum(axis=1))[:, None]], axis=1)
-        z[s:s + 16384] = exact
-        err = max(err, float(np.sqrt(((z[s:s + 16384] - exact) ** 2).sum(axis=1).max())))
-    return z, err, norm
+    return sketch_rows(x, *sketch_basis(x, k))
 
 
 def _round_up(v) -> np.float32:

@@ -6,7 +6,10 @@ At fit time (`fit_and_calibrate`), with the training features still in memory:
      without one get a LOF pass over their patch features (`audit.lof_pass`);
   2. each training image is scored as if left out of the fit: in one pass where the method has
      that form (`Method.training_scores`: the memory-bank methods mask the entries taken from
-     the image), else by refitting on `threshold.folds` seeded folds;
+     the image), else by refitting on `threshold.folds` seeded folds. With
+     `runtime.exact_pruning` (the default) the one pass computes only the patches that can
+     decide an image score or the pixel threshold (`Method.training_bounds`,
+     evaluation/pruned.py): the same figures, bit for bit;
   3. each training image gets a noise score (by default its left-out score of step 2, which
      every method has; or a summary of the denoising's patch scores: README, "Deploying on your
      own parts", compares them), a rank and a flag (evaluation/audit.py);
@@ -18,14 +21,15 @@ reject and false accept (images) and precision, recall, F1 and IoU (pixels) at t
 import csv
 import dataclasses
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import jax
 import numpy as np
 
-from softpatch_jax.evaluation import audit, metrics, thresholds
+from softpatch_jax.evaluation import audit, metrics, pruned, thresholds
 from softpatch_jax.io.files import write_json
 from softpatch_jax.methods.base import Features, Method, Scores, TrainingNoise
+from softpatch_jax.timing import NO_CLOCK, StageClock
 
 SOURCES = ("auto", "leave_one_out", "kfold", "none")
 # left_out: the image's own left-out anomaly score (step 3), the default; the others condense
@@ -49,6 +53,7 @@ class Settings:
     false_reject: float = 0.01
     pixel_false_reject: float = 0.01
     budget_mb: float = 1024
+    pruning: bool = True  # runtime.exact_pruning: leave-one-out by bounds (same results)
 
     @classmethod
     def from_config(cls, config) -> "Settings":
@@ -80,7 +85,8 @@ class Settings:
         return cls(bool(a.enabled), a.score, float(a.quantile), contamination,
                    bool(a.lof_pass), int(config.model.lof_k), int(config.model.projection_dim),
                    t.source, int(t.folds), float(t.false_reject), float(t.pixel_false_reject),
-                   float(config.runtime.memory_budget_mb))
+                   float(config.runtime.memory_budget_mb),
+                   bool(config.runtime.get("exact_pruning", True)))
 
 
 @dataclasses.dataclass
@@ -93,6 +99,7 @@ class Calibration:
     pixel_threshold: Optional[float] = None
     source: str = "none"
     train_false_reject: Optional[float] = None
+    exact_share: Optional[float] = None  # share of left-out patch scores computed (pruning)
 
     def threshold_record(self, settings: Settings) -> dict:
         return {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold,
@@ -106,6 +113,36 @@ class Calibration:
 def _subset(features: Features, rows: np.ndarray) -> Features:
     warps = None if features.warps is None else features.warps[rows]
     return Features(features.patches[rows], features.grid, warps)
+
+
+@dataclasses.dataclass
+class LeftOut:
+    """The training images' left-out scores as calibration reads them: `image` (B,), and the
+    pixel threshold of the kept images' maps (`pixel_threshold(keep, false_reject)`);
+    `exact_share`: the share of patch scores computed (1 without pruning)."""
+    image: np.ndarray
+    _pixel: Callable[[np.ndarray, float], float]
+    _share: Callable[[], float] = lambda: 1.0
+
+    def pixel_threshold(self, keep: np.ndarray, false_reject: float) -> float:
+        return self._pixel(keep, false_reject)
+
+    @property
+    def exact_share(self) -> float:
+        return self._share()
+
+    @classmethod
+    def from_scores(cls, scores: Scores) -> "LeftOut":
+        return cls(scores.image,
+                   lambda keep, rate: thresholds.pixel_threshold(scores.maps(), keep, rate))
+
+    @classmethod
+    def from_bounds(cls, image: pruned.BoundedGrids, maps: pruned.BoundedGrids) -> "LeftOut":
+        """Exact figures from bounds (evaluation/pruned.py)."""
+        grids = [image] if maps is image else [image, maps]
+        return cls(pruned.image_maxima(image),
+                   lambda keep, rate: pruned.pixel_threshold(maps, keep, rate),
+                   lambda: float(np.mean([g.computed_share for g in grids])))
 
 
 def kfold_scores(method: Method, features: Features, key: jax.Array, learned, folds: int,
@@ -139,16 +176,27 @@ def _min_fold_train(method: Method, b: int, folds: int) -> bool:
         return False
 
 
+def _leave_one_out(method: Method, fitted, features: Features, pruning: bool) -> LeftOut:
+    """Leave-own-image-out scores: by bounds where the method has them and `pruning`, else in
+    one full pass; NotImplementedError where the method has neither."""
+    if pruning:
+        try:
+            return LeftOut.from_bounds(*method.training_bounds(fitted, features))
+        except NotImplementedError:
+            pass
+    return LeftOut.from_scores(method.training_scores(fitted, features))
+
+
 def training_scores(method: Method, fitted, features: Features, key: jax.Array, learned,
                     settings: Settings, seed: int):
-    """-> (Scores of the training images, each left out of its own fit, and how: 'leave_one_out'
-    or 'kfold'), or (None, 'none')."""
+    """-> (LeftOut scores of the training images, each left out of its own fit, and how:
+    'leave_one_out' or 'kfold'), or (None, 'none')."""
     source = settings.source
     if source == "none":
         return None, "none"
     if source in ("auto", "leave_one_out"):
         try:
-            return method.training_scores(fitted, features), "leave_one_out"
+            return _leave_one_out(method, fitted, features, settings.pruning), "leave_one_out"
         except NotImplementedError as e:
             if source == "leave_one_out":
                 raise ValueError(f"threshold.source=leave_one_out: {e}; use threshold.source="
@@ -156,7 +204,8 @@ def training_scores(method: Method, fitted, features: Features, key: jax.Array, 
     if not _min_fold_train(method, len(features), settings.folds):
         raise ValueError(f"threshold.folds={settings.folds} leaves too few training images per "
                          "fit; lower it, or set threshold.source=none")
-    return kfold_scores(method, features, key, learned, settings.folds, seed), "kfold"
+    return (LeftOut.from_scores(kfold_scores(method, features, key, learned, settings.folds,
+                                             seed)), "kfold")
 
 
 def lof_noise(features: Features, key: jax.Array, settings: Settings) -> TrainingNoise:
@@ -169,37 +218,41 @@ def lof_noise(features: Features, key: jax.Array, settings: Settings) -> Trainin
 
 
 def fit_and_calibrate(method: Method, features: Features, key: jax.Array, learned,
-                      settings: Settings, seed: int = 0):
+                      settings: Settings, seed: int = 0, clock: StageClock = NO_CLOCK):
     """The fit, the audit of its training images and the label-free thresholds -> (fitted
-    state, Calibration). The fit itself is exactly `method.fit`'s."""
-    state, noise = method.fit_with_noise(features, key, learned)
+    state, Calibration). The fit itself is exactly `method.fit`'s. `clock` gets the fit's
+    stages, 'calibration' (left-out scores and thresholds) and 'audit'."""
+    state, noise = method.fit_with_noise(features, key, learned, clock=clock)
     cal = Calibration(None, None)
     key_audit, key_folds = jax.random.split(jax.random.fold_in(key, 0x5EED))
-    scores, cal.source = training_scores(method, state, features, key_folds, learned, settings,
-                                         seed)
-    if settings.audit:
-        rule = settings.score
-        if rule == "left_out" and scores is None:  # threshold.source=none: no left-out scores
-            rule = "max"
-        if rule == "left_out":
-            cal.noise_scores = np.asarray(scores.image, np.float64)
-        else:
-            if noise is None and settings.lof_pass:
-                noise = lof_noise(features, key_audit, settings)
-            if noise is not None:
-                if rule == "removed_share" and noise.removed is None:
-                    rule = "max"  # the LOF pass removes nothing
-                cal.noise_scores = audit.image_noise_scores(noise.patch_scores, noise.removed,
-                                                            rule, settings.quantile)
-        if cal.noise_scores is not None:
-            cal.flagged = audit.flag(cal.noise_scores, settings.contamination)
+    with clock.stage("calibration"):
+        scores, cal.source = training_scores(method, state, features, key_folds, learned,
+                                             settings, seed)
+    with clock.stage("audit"):
+        if settings.audit:
+            rule = settings.score
+            if rule == "left_out" and scores is None:  # threshold.source=none: no left-out scores
+                rule = "max"
+            if rule == "left_out":
+                cal.noise_scores = np.asarray(scores.image, np.float64)
+            else:
+                if noise is None and settings.lof_pass:
+                    noise = lof_noise(features, key_audit, settings)
+                if noise is not None:
+                    if rule == "removed_share" and noise.removed is None:
+                        rule = "max"  # the LOF pass removes nothing
+                    cal.noise_scores = audit.image_noise_scores(noise.patch_scores, noise.removed,
+                                                                rule, settings.quantile)
+            if cal.noise_scores is not None:
+                cal.flagged = audit.flag(cal.noise_scores, settings.contamination)
     if scores is not None:
-        keep = np.ones(len(features), bool) if cal.flagged is None else ~cal.flagged
-        cal.image_threshold = thresholds.image_threshold(scores.image, keep,
-                                                         settings.false_reject)
-        cal.pixel_threshold = thresholds.pixel_threshold(scores.maps(), keep,
-                                                         settings.pixel_false_reject)
-        cal.train_false_reject = float(np.mean(scores.image[keep] >= cal.image_threshold))
+        with clock.stage("calibration"):
+            keep = np.ones(len(features), bool) if cal.flagged is None else ~cal.flagged
+            cal.image_threshold = thresholds.image_threshold(scores.image, keep,
+                                                             settings.false_reject)
+            cal.pixel_threshold = scores.pixel_threshold(keep, settings.pixel_false_reject)
+            cal.train_false_reject = float(np.mean(scores.image[keep] >= cal.image_threshold))
+            cal.exact_share = scores.exact_share
     return state, cal
 
 

@@ -21,8 +21,10 @@ from softpatch_jax.evaluation import metrics
 from softpatch_jax.features.extractor import make_extractor
 from softpatch_jax.io import checkpoint, html_report, report
 from softpatch_jax.io.files import json_safe, write_json
-from softpatch_jax.pipeline import console, decisions, provenance, rundir, validation
+from softpatch_jax.pipeline import (compilation, console, decisions, provenance, rundir,
+                                    validation)
 from softpatch_jax.settings import comma_list
+from softpatch_jax.timing import NO_CLOCK, STAGES, StageClock
 
 
 def extractor_for(config, method: methods.Method):
@@ -83,23 +85,30 @@ class Fitted:
 
 def fit_category(method: methods.Method, split: noise.NoisySplit, extractor, data_config,
                  key: jax.Array, directory: str, label: str = "",
-                 settings: Optional[decisions.Settings] = None, seed: int = 0) -> Fitted:
+                 settings: Optional[decisions.Settings] = None, seed: int = 0,
+                 clock: StageClock = NO_CLOCK) -> Fitted:
     """The method's preparation (FYD trains its alignment in `directory`), training features,
     fit; with `settings`, also the training-set audit and the label-free thresholds
-    (pipeline/decisions.py)."""
+    (pipeline/decisions.py). `clock` gets every stage ('alignment', 'features_train', the
+    fit's, 'calibration', 'audit')."""
     d = data_config
     t0 = time.time()
-    extractor, learned = method.prepare(split.train, extractor, directory, key)
+    with clock.stage("alignment"):
+        extractor, learned = method.prepare(split.train, extractor, directory, key)
+    if learned is None:
+        clock.seconds.pop("alignment", None)
     t1 = time.time()
-    train = extractor.extract(split.train, d.resize, d.image_size, d.batch_size,
-                              f"{label}: train features")
+    with clock.stage("features_train"):
+        train = extractor.extract(split.train, d.resize, d.image_size, d.batch_size,
+                                  f"{label}: train features")
     t2 = time.time()
     calibration = None
     if settings is None:
-        state = method.fit(train, key, learned)
+        with clock.stage("fit"):
+            state = method.fit(train, key, learned)
     else:
         state, calibration = decisions.fit_and_calibrate(method, train, key, learned, settings,
-                                                         seed)
+                                                         seed, clock)
     del train
     seconds = dict(seconds_features_train=round(t2 - t1, 2), seconds_fit=round(time.time() - t2, 2))
     if learned is not None:
@@ -108,10 +117,15 @@ def fit_category(method: methods.Method, split: noise.NoisySplit, extractor, dat
 
 
 def score_category(method: methods.Method, fitted: Fitted, samples, data_config,
-                   desc: str) -> methods.Scores:
+                   desc: str, clock: StageClock = NO_CLOCK) -> methods.Scores:
+    """Test features ('features_test') and scores ('scoring', the maps included)."""
     d = data_config
-    test = fitted.extractor.extract(samples, d.resize, d.image_size, d.batch_size, desc)
-    return method.score(fitted.state, test)
+    with clock.stage("features_test"):
+        test = fitted.extractor.extract(samples, d.resize, d.image_size, d.batch_size, desc)
+    with clock.stage("scoring"):
+        scores = method.score(fitted.state, test)
+        scores.maps()  # the maps are part of scoring (every caller reads them)
+    return scores
 
 
 def category_metrics(split: noise.NoisySplit, scores: methods.Scores, masks=None) -> Dict:
@@ -159,44 +173,54 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
     settings = decisions.Settings.from_config(config)
     record_noise(split, out_dir)
     d = config.data
+    clock = StageClock()
     fitted = fit_category(method, split, extractor, d, category_key(config.seed, category),
-                          train_dir, category, settings, config.seed)
+                          train_dir, category, settings, config.seed, clock)
     cal = fitted.calibration
     t_score = time.time()
     if save_checkpoint:
-        checkpoint.save_model(os.path.join(out_dir, "checkpoint"), fitted.state.to_arrays(),
-                              config.to_dict(), extractor.grid(d.image_size))
-    scores = score_category(method, fitted, split.test, d, f"{category}: test features")
-    write_scores(os.path.join(out_dir, "scores.csv"), split.test, scores.image)
-    has_masks = any(s.has_mask for s in split.test)
-    masks = load_masks(split.test, d) if has_masks or overlay else None  # read once
-    result = category_metrics(split, scores, masks if has_masks else None)
-    result.update(method.summary(fitted.state))
-    if cal.noise_scores is not None:
-        injected = decisions.injected_flags(split)
-        decisions.write_audit(os.path.join(out_dir, f"audit_{category}.csv"),
-                              decisions.audit_names(split.train), cal, injected)
-        result.update(decisions.audit_figures(cal, injected))
-    if cal.image_threshold is not None:
-        decisions.write_threshold(out_dir, cal, settings)
-        labels = np.array([s.label for s in split.test])
-        result.update(decisions.test_figures(cal, labels, scores.image,
-                                             masks if has_masks else None,
-                                             scores.maps() if has_masks else None))
-        result["threshold_source"] = cal.source
-        result["train_false_reject"] = cal.train_false_reject
+        with clock.stage("checkpoint"):
+            checkpoint.save_model(os.path.join(out_dir, "checkpoint"), fitted.state.to_arrays(),
+                                  config.to_dict(), extractor.grid(d.image_size))
+    scores = score_category(method, fitted, split.test, d, f"{category}: test features", clock)
+    with clock.stage("metrics"):
+        write_scores(os.path.join(out_dir, "scores.csv"), split.test, scores.image)
+        has_masks = any(s.has_mask for s in split.test)
+        masks = load_masks(split.test, d) if has_masks or overlay else None  # read once
+        result = category_metrics(split, scores, masks if has_masks else None)
+        result.update(method.summary(fitted.state))
+    with clock.stage("audit"):
+        if cal.noise_scores is not None:
+            injected = decisions.injected_flags(split)
+            decisions.write_audit(os.path.join(out_dir, f"audit_{category}.csv"),
+                                  decisions.audit_names(split.train), cal, injected)
+            result.update(decisions.audit_figures(cal, injected))
+    with clock.stage("metrics"):
+        if cal.image_threshold is not None:
+            decisions.write_threshold(out_dir, cal, settings)
+            labels = np.array([s.label for s in split.test])
+            result.update(decisions.test_figures(cal, labels, scores.image,
+                                                 masks if has_masks else None,
+                                                 scores.maps() if has_masks else None))
+            result["threshold_source"] = cal.source
+            result["train_false_reject"] = cal.train_false_reject
+            if cal.exact_share is not None:
+                result["calibration_exact_share"] = round(cal.exact_share, 4)
     result = json_safe(result)
-    if overlay:
-        from softpatch_jax.io import plots
-
-        plots.overlays(split.test, scores.maps(), masks, d.resize, d.image_size,
-                       os.path.join(out_dir, "overlay.png"),
-                       f"{category}: {method.name} ({method.label})")
     t_report = time.time()  # curves and gallery for report.html, while the maps are in memory
-    html_report.report_assets(out_dir, split.test, scores.image, scores.maps(),
-                              masks if has_masks else None, d.resize, d.image_size)
+    with clock.stage("report_assets"):
+        if overlay:
+            from softpatch_jax.io import plots
+
+            plots.overlays(split.test, scores.maps(), masks, d.resize, d.image_size,
+                           os.path.join(out_dir, "overlay.png"),
+                           f"{category}: {method.name} ({method.label})")
+        html_report.report_assets(out_dir, split.test, scores.image, scores.maps(),
+                                  masks if has_masks else None, d.resize, d.image_size)
     result["seconds_report_assets"] = round(time.time() - t_report, 2)
     result.update(fitted.seconds, seconds_predict=round(t_report - t_score, 2))
+    result["stage_seconds"] = {name: clock.rounded()[name] for name in STAGES
+                               if name in clock.seconds}
     return result
 
 
@@ -225,15 +249,18 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> Dict[st
     run = rundir.RunDir(workdir)
     stale = run.conflicts(next(iter(records.values())), categories, overwrite)
     title = run_title(config, method)
+    compilation.enable_persistent_cache(config.runtime)  # before the first compile
     with run.transaction():
         extractor = extractor_for(config, method)
         for i, category in enumerate(categories):
             start = time.time()
-            with run.stage(category) as out:
+            with run.stage(category) as out, compilation.CompileCounter() as compiled:
                 result = evaluate_category(config, category, extractor, out,
                                            os.path.join(workdir, method.name, category),
                                            method=method, split=splits[category])
                 result["seconds"] = round(time.time() - start, 2)
+                result.update(compiles=compiled.compiles, compile_cache_hits=compiled.cache_hits,
+                              seconds_compile=round(compiled.seconds, 2))
                 write_json(os.path.join(out, "result.json"), {**result, **records[category]})
             run.remove(stale)  # results of another config go with the first new category
             stale = []

@@ -30,7 +30,7 @@ from softpatch_jax.data.samples import Sample
 from softpatch_jax.features.cache import config_key
 from softpatch_jax.io import checkpoint, html_report, plots
 from softpatch_jax.io.files import staged_dir, write_json
-from softpatch_jax.pipeline import decisions, evaluate
+from softpatch_jax.pipeline import compilation, decisions, evaluate
 from softpatch_jax.pipeline.rundir import RunDir
 
 _TMP_MARK = ".orbax-checkpoint-tmp"
@@ -218,6 +218,7 @@ def predict_images(workdir: str, images: Sequence[str], category: str = "",
     fitted = {c: load_fitted(models[c]) for c in ([category] if category else models)}
     out, extractors = {}, {}
     for cat, (method, state, config) in fitted.items():
+        compilation.enable_persistent_cache(config.runtime)  # the fit's (a no-op once set)
         d = config.data
         key = config_key(config.model, d, method.features, config.seed)
         if key not in extractors:  # categories fitted with one backbone share it

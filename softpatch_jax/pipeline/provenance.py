@@ -10,8 +10,8 @@ from softpatch_jax.io.files import fingerprint
 
 # Where files go and how the work is spread: never part of a result. (data.category selects
 # which results to compute; each result is stored under its category's name.)
-NON_RESULT_FIELDS = ("runtime.cache_dir", "runtime.distributed", "sweep.overlays",
-                     "data.category")
+NON_RESULT_FIELDS = ("runtime.cache_dir", "runtime.compilation_cache", "runtime.distributed",
+                     "sweep.overlays", "data.category")
 
 
 def flatten(tree: dict, prefix: str = "") -> Dict[str, object]:

@@ -22,7 +22,7 @@ from softpatch_jax import data, methods
 from softpatch_jax.features.cache import FeatureCache, config_key
 from softpatch_jax.io import html_report, plots, report
 from softpatch_jax.io.files import atomic_path, fingerprint, staged_dir, write_json
-from softpatch_jax.pipeline import console, evaluate, provenance, validation
+from softpatch_jax.pipeline import compilation, console, evaluate, provenance, validation
 from softpatch_jax.settings import comma_list
 
 
@@ -268,6 +268,7 @@ def run_sweep(config, workdir, overwrite: bool = False, shard: str = "0/1"):
     if batch < 1:
         raise ValueError(f"sweep.batch_points={batch} must be >= 1")
     os.makedirs(workdir, exist_ok=True)
+    compilation.enable_persistent_cache(config.runtime)
     for path in stale:
         logging.warning("removing %s (a point of another config; --overwrite)", path)
         shutil.rmtree(path)

@@ -61,6 +61,8 @@ def check_model(m) -> None:
 
 def check_runtime(r) -> None:
     _require(r.memory_budget_mb > 0, f"runtime.memory_budget_mb={r.memory_budget_mb} must be > 0")
+    cache = r.get("compilation_cache", True)
+    _require(isinstance(cache, bool), f"runtime.compilation_cache={cache!r} must be True or False")
 
 
 def check_config(config) -> methods.Method:

@@ -142,6 +142,44 @@ def test_training_scores_leave_each_image_out(variant):
     np.testing.assert_allclose(loo.grids.reshape(20, -1), grids[-1], rtol=1e-4)
 
 
+def _clustered(b=24, h=6, w=7, d=24, seed=0):
+    """Patch features with structure (position centres, a few defects), as real ones have."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(h * w, d)) * 3
+    x = centres[None] + rng.normal(size=(b, h * w, d))
+    x[:3, 10:14] += rng.normal(size=(3, 4, d)) * 4
+    return Features(x.astype(np.float32), (h, w))
+
+
+@pytest.mark.parametrize("variant", [dict(method="patchcore"),
+                                     dict(method="softpatch", discriminator="lof"),
+                                     dict(method="softpatch", discriminator="lof",
+                                          soft_weight=False),
+                                     dict(method="softpatch_plus")])
+def test_calibration_by_bounds_equals_the_full_pass(variant):
+    """runtime.exact_pruning: the audit's scores, its flags and both thresholds are bit for bit
+    those of the full leave-own-image-out pass, while part of the patches are computed."""
+    c = load_config("default.py")
+    c.model.update(dict(lof_k=4, coreset_ratio=0.3, projection_dim=8, blur_sigma=2.0,
+                        **variant))
+    c.data.image_size = 28
+    method = methods.from_config(c)
+    feats = _clustered()
+    out = {}
+    for pruning in (False, True):
+        c.runtime.exact_pruning = pruning
+        settings = decisions.Settings.from_config(c)
+        out[pruning] = decisions.fit_and_calibrate(method, feats, jax.random.PRNGKey(1), None,
+                                                   settings)[1]
+    full, fast = out[False], out[True]
+    np.testing.assert_array_equal(fast.noise_scores, full.noise_scores)
+    np.testing.assert_array_equal(fast.flagged, full.flagged)
+    assert fast.image_threshold == full.image_threshold
+    assert fast.pixel_threshold == full.pixel_threshold
+    assert fast.train_false_reject == full.train_false_reject
+    assert full.exact_share == 1.0 and fast.exact_share < 0.9
+
+
 def test_kfold_scores_use_fits_without_the_fold():
     c = load_config("default.py")
     c.model.update(dict(method="padim", padim_dim=0, blur_sigma=1.0))

@@ -347,3 +347,106 @@ def test_predictions_section_shows_what_is_there(tmp_path, category):
     assert text.index("lot1/b.png 3.0") < text.index("c.png 1.0") < text.index("lot1/a.png 0.2")
     maps = [i for i in page.all("img") if i["src"].startswith("data:image/png")]
     assert len(maps) == 1  # only b has a map on disk
+
+
+# 3. Time by stage.
+
+STAGES = {"alignment": 2.0, "features_train": 4.5, "coreset": 9.0, "calibration": 1.25,
+          "scoring": 3.0}
+
+
+def _with_stages(path, category, **fields):
+    """A fit workdir whose category `widget` has `fields` (stage_seconds, seconds, ...) in its
+    result.json and in metrics.json -> the report page."""
+    folder = _fit_workdir(path, category)
+    result = {**json.load(open(os.path.join(folder, "result.json"))), **fields}
+    write_json(os.path.join(folder, "result.json"), result)
+    metrics = json.load(open(os.path.join(path, "metrics.json")))
+    metrics["categories"]["widget"] = result
+    write_json(os.path.join(path, "metrics.json"), metrics)
+    return open(html_report.write_report(path)).read()
+
+
+def _bars(page):
+    """[(width, fill)] of the bars in the time-by-stage charts, top to bottom."""
+    out, inside = [], False
+    for tag, attrs in page.tags:
+        if tag == "svg":
+            inside = attrs.get("class") == "chart stages"
+        elif tag == "rect" and attrs.get("class") == "bar" and inside:
+            out.append((float(attrs["width"]), attrs["fill"]))
+    return out
+
+
+def test_stage_chart_shows_every_stage_scaled_to_the_largest(tmp_path, category):
+    text = _with_stages(str(tmp_path), category, stage_seconds=STAGES, seconds=19.9,
+                        seconds_compile=3.4)
+    page = _Page(text)
+    assert len(page.all("svg", **{"class": "chart stages"})) == 1  # widget only, not bare
+    words = page.words
+    labels = ("alignment 2.0 s", "features_train 4.5 s", "coreset 9.0 s", "calibration 1.2 s",
+              "scoring 3.0 s")  # in the order the run goes, not as stored (sorted keys)
+    assert all(label in words for label in labels)
+    order = [words.index(label) for label in labels]
+    assert order == sorted(order)
+    assert "total 19.9 s; of which compiling 3.4 s" in words
+    bars = _bars(page)
+    widths = [w for w, _ in bars]
+    assert len(widths) == 5  # 19.9 - 19.75 = 0.15 s unaccounted: no bar for it
+    assert "other (unaccounted)" not in words
+    assert widths[2] == max(widths)  # coreset, the largest, spans the whole width
+    assert widths[1] / widths[2] == pytest.approx(4.5 / 9.0, abs=0.005)
+    assert widths[0] / widths[4] == pytest.approx(2.0 / 3.0, abs=0.005)
+    fills = [f for _, f in bars]
+    assert fills[2] == html_report.ANOMALY_COLOUR and len(set(fills)) == 2  # the slowest stands out
+
+
+def test_stage_chart_shows_unaccounted_time_over_half_a_second(tmp_path, category):
+    page = _Page(_with_stages(str(tmp_path), category, stage_seconds=STAGES, seconds=25.75))
+    words = page.words
+    assert "other (unaccounted) 6.0 s" in words  # 25.75 - 19.75
+    assert "total 25.8 s" in words and "compiling" not in words  # no seconds_compile
+    widths = [w for w, _ in _bars(page)]
+    assert len(widths) == 6 and widths[5] / widths[2] == pytest.approx(6.0 / 9.0, abs=0.005)
+    # Exactly half a second: still no bar.
+    edge = tmp_path / "edge"
+    edge.mkdir()
+    words = _Page(_with_stages(str(edge), category, stage_seconds=STAGES, seconds=20.25)).words
+    assert "other (unaccounted)" not in words and "total 20.2 s" in words  # 20.25 rounds even
+    # Without the total: the stages' sum, no unaccounted bar.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    words = _Page(_with_stages(str(bare), category, stage_seconds=STAGES, seconds=None)).words
+    assert "stages sum to 19.8 s" in words and "other (unaccounted)" not in words
+
+
+def test_results_without_stage_seconds_show_no_stage_chart(tmp_path, category):
+    page = _Page(_with_stages(str(tmp_path), category, seconds_compile=1.0))
+    assert not page.all("svg", **{"class": "chart stages"})
+    assert "seconds by stage" not in page.words and "of which compiling" not in page.words
+    for odd in ({}, {"coreset": "fast", "scoring": None}, [1, 2]):  # nothing to draw
+        assert html_report._stage_chart({"stage_seconds": odd, "seconds": 5.0}) == ""
+
+
+def test_stage_chart_escapes_its_text(tmp_path, category):
+    text = _with_stages(str(tmp_path), category, seconds=3.0,
+                        stage_seconds={"<b>odd</b>": 2.0, "coreset": 1.0})
+    assert "<b>odd</b>" not in text and "&lt;b&gt;odd&lt;/b&gt;" in text
+    words = _Page(text).words
+    assert "<b>odd</b> 2.0 s" in words and "coreset 1.0 s" in words
+    assert words.index("coreset 1.0 s") < words.index("<b>odd</b> 2.0 s")  # unknown names last
+
+
+def test_sweep_point_report_shows_its_stage_chart(tmp_path):
+    w = str(tmp_path)
+    rel = _point(w, "a", "overlap", 0.1, "lof", 0.7)
+    result = json.load(open(os.path.join(w, rel, "result.json")))
+    result.update(stage_seconds={"coreset": 0.4, "scoring": 0.2}, seconds=1.0)
+    write_json(os.path.join(w, rel, "result.json"), result)
+    html_report.write_report(w)
+    point = _Page(open(os.path.join(w, rel, "report.html")).read())
+    assert "coreset 0.4 s" in point.words and "scoring 0.2 s" in point.words
+    assert "other (unaccounted)" not in point.words  # 0.4 s unaccounted
+    assert "total 1.0 s" in point.words
+    sweep = _Page(open(os.path.join(w, "report.html")).read())
+    assert not sweep.all("svg", **{"class": "chart stages"})  # the sweep page stays as it was

@@ -1,0 +1,76 @@
+"""Image maxima and the pixel threshold from bounded patch scores (evaluation/pruned.py) equal the
+full computation bit for bit, on generated grids with bounds of every tightness, ties, kept
+subsets, rectangular grids and no blur; and only part of the patches are computed."""
+import numpy as np
+import pytest
+
+from softpatch_jax.evaluation import anomaly_map, pruned, thresholds
+
+
+def _grids(b=12, h=6, w=8, seed=0, looseness=0.3):
+    rng = np.random.default_rng(seed)
+    exact = (rng.gamma(2.0, 1.0, (b, h, w)) * 10).astype(np.float32)
+    exact[0, 2, 3] = exact[0].max()  # a tie at the maximum
+    exact[0, 4, 4] = exact[0].max()
+    exact[1] = 0.0  # an image of zeros
+    upper = exact.astype(np.float64) * (1 + rng.random((b, h, w)) * looseness)
+    return exact, upper
+
+
+def _bounded(exact, upper, size=32, sigma=2.0):
+    asked = []
+
+    def exact_fn(idx):
+        asked.append(len(idx))
+        return exact.reshape(-1)[idx]
+
+    return pruned.BoundedGrids(upper.copy(), exact_fn, size, sigma), asked
+
+
+@pytest.mark.parametrize("looseness", [0.0, 0.3, 3.0])
+def test_image_maxima_equal_the_full_maxima(looseness):
+    exact, upper = _grids(looseness=looseness)
+    g, asked = _bounded(exact, upper)
+    got = pruned.image_maxima(g)
+    np.testing.assert_array_equal(got, exact.reshape(len(exact), -1).max(axis=1))
+    assert got.dtype == np.float32
+    if looseness == 0.3:
+        assert g.computed_share < 0.5  # most patches never computed
+
+
+@pytest.mark.parametrize("looseness", [0.0, 0.2, 3.0])
+@pytest.mark.parametrize("sigma", [2.0, 0.0])
+@pytest.mark.parametrize("rate", [0.01, 0.2])
+def test_pixel_threshold_equals_the_full_threshold(looseness, sigma, rate):
+    exact, upper = _grids(looseness=looseness, seed=3)
+    keep = np.ones(len(exact), bool)
+    keep[[2, 5]] = False
+    g, _ = _bounded(exact, upper, sigma=sigma)
+    got = pruned.pixel_threshold(g, keep, rate)
+    ref = thresholds.pixel_threshold(anomaly_map.anomaly_maps(exact, 32, sigma), keep, rate)
+    assert got == ref  # bitwise, not approximately
+    if looseness == 0.2 and rate == 0.01:
+        assert g.computed_share < 0.8
+
+
+def test_both_share_computed_patches_and_open_bounds_are_computed():
+    exact, upper = _grids(seed=5)
+    upper[3, 1, 1] = np.inf  # no bound: computed first
+    g, asked = _bounded(exact, upper)
+    maxima = pruned.image_maxima(g)
+    before = g.computed_share
+    thr = pruned.pixel_threshold(g, np.ones(len(exact), bool), 0.05)
+    assert g.known[3, 1, 1] and g.computed_share >= before
+    np.testing.assert_array_equal(maxima, exact.reshape(len(exact), -1).max(axis=1))
+    assert thr == thresholds.pixel_threshold(anomaly_map.anomaly_maps(exact, 32, 2.0),
+                                             np.ones(len(exact), bool), 0.05)
+    assert sum(asked) == int(g.known.sum())  # no patch computed twice
+
+
+def test_non_finite_exact_scores_take_the_full_path():
+    exact, upper = _grids(seed=6)
+    exact[4, 0, 0] = np.inf
+    upper[4, 0, 0] = np.inf
+    g, _ = _bounded(exact, upper)
+    np.testing.assert_array_equal(pruned.image_maxima(g), exact.reshape(len(exact), -1).max(1))
+    assert g.computed_share == 1.0
