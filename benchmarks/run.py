@@ -8,12 +8,14 @@ compilation, is reported separately), peak resident memory of a fresh process ru
 implementation, the speed ratio, and the agreement of the outputs. References: scikit-learn's
 LocalOutlierFactor per position (the official CPU path) for the discriminator; a PyTorch CPU port of
 the official weighted approximate greedy coreset; faiss-cpu IndexFlatL2 for 1-NN scoring. `btad`:
-the discriminators at BTAD size under the memory budget. `e2e`: fit and predict on MVTec transistor
-through the command line, next to the official code's times on this machine type.
+the discriminators at BTAD size under the memory budget. `e2e` (benchmarks/e2e.py; always run last,
+its own table): three problems end to end through the command line, cold and warm compilation
+cache, every stage's seconds, next to the issue's targets and the official code's times.
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,10 +23,9 @@ import time
 
 import numpy as np
 
-from benchmarks import real_features
+from benchmarks import e2e, real_features
 from softpatch_jax.settings import comma_list
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {  # quick / full problem sizes, as on MVTec transistor at 224 px (784 positions)
     "lof": {"quick": dict(p=64, b=120, d=128), "full": dict(p=784, b=234, d=128)},
     "coreset": {"quick": dict(n=20000, m=500, d=128), "full": dict(n=183456, m=2000, d=128)},
@@ -170,44 +171,6 @@ def btad_scale(size, budget_mb=1024):
         print(f"| btad | failed: {res.stderr.strip().splitlines()[-1]} |")
 
 
-# The official SoftPatch code on this machine type (REFERENCE_RESULTS.md): it cannot be run here
-# (no copy of it), so its measured times are quoted next to ours.
-OFFICIAL_TRANSISTOR = {"fit_s": 480.0, "predict_s": 20.0, "image_auroc": 0.9877}
-
-
-def end_to_end(size):
-    """SoftPatch-LOF on MVTec transistor with the reference's noisy split, fit and predict through
-    the command line in a fresh process (compilation included); quick: 60 train / 40 test images."""
-    root = real_features.MVTEC_ROOT
-    if not os.path.isdir(os.path.join(root, "transistor")):
-        print(f"| end to end | skipped: no MVTec transistor at {root} |")
-        return
-    workdir = os.path.join("/tmp", f"softpatch_bench_e2e_{os.getpid()}")
-    caps = ["--config.data.max_train=60", "--config.data.max_test=40"] if size == "quick" else \
-        [f"--config.noise.files={os.path.join(real_features.SHARED, 'docs')}"
-         "/transistor_noise0.1_seed0.txt"]
-    t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "softpatch_jax.main", "--config=configs/mvtec.py",
-                          f"--config.data.root={root}", "--config.data.category=transistor",
-                          f"--workdir={workdir}"] + caps, capture_output=True, text=True, cwd=REPO)
-    wall = time.perf_counter() - t
-    if res.returncode != 0:
-        print(f"| end to end | failed: {res.stderr.strip().splitlines()[-1]} |")
-        return
-    with open(os.path.join(workdir, "metrics.json")) as f:
-        r = json.load(f)["categories"]["transistor"]
-    fit = r["seconds_features_train"] + r["seconds_fit"]
-    ref = OFFICIAL_TRANSISTOR
-    ratio = f"{ref['fit_s'] / fit:.1f}x fit, {ref['predict_s'] / r['seconds_predict']:.1f}x " \
-        "predict" if size == "full" else "(quick: smaller than the reference run)"
-    print(f"| end to end, transistor SoftPatch-LOF | fit {fit:.0f} s, predict "
-          f"{r['seconds_predict']:.0f} s (process {wall:.0f} s) | | | official PyTorch code "
-          f"(REFERENCE_RESULTS.md) | fit ~{ref['fit_s']:.0f} s, predict ~{ref['predict_s']:.0f} s "
-          f"| | {ratio} | image AUROC {r['image_auroc']:.4f}"
-          + (f" (official {ref['image_auroc']}) |" if size == "full" else " (quick split) |"),
-          flush=True)
-
-
 def child(stage, impl, size, repeats, out_path):
     out, stats = run_impl(stage, impl, size, repeats)
     np.save(out_path, np.asarray(out[0] if isinstance(out, tuple) else out))
@@ -252,18 +215,27 @@ def main():
             "knn": "faiss-cpu IndexFlatL2"}
     refs.update(coreset_real=refs["coreset"] + ", real features",
                 knn_real=refs["knn"] + ", real features")
-    print(f"{size} sizes: {json.dumps(SIZES)}\n")
-    print("| stage | ours median s | ours warm-up s | ours peak MB | reference | ref median s "
-          "| ref peak MB | speed-up | agreement |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    stages = comma_list(args.stages)
+    if [s for s in stages if s != "e2e"]:
+        print(f"{size} sizes: {json.dumps(SIZES)}\n")
+        print("| stage | ours median s | ours warm-up s | ours peak MB | reference | ref median s "
+              "| ref peak MB | speed-up | agreement |")
+        print("|---|---|---|---|---|---|---|---|---|")
     tmp = os.path.join("/tmp", f"softpatch_bench_{os.getpid()}")
+    try:
+        run_stages([s for s in stages if s != "e2e"], args, size, refs, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if "e2e" in stages:
+        print(flush=True)
+        e2e.main(args.quick)
+
+
+def run_stages(stages, args, size, refs, tmp):
     os.makedirs(tmp, exist_ok=True)
-    for stage in comma_list(args.stages):
+    for stage in stages:
         if stage == "btad":
             btad_scale(size)
-            continue
-        if stage == "e2e":
-            end_to_end(size)
             continue
         if stage == "matmul":
             r = matmul_fraction(size)

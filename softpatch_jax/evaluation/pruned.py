@@ -3,26 +3,28 @@
 Calibration needs, of the training images' left-out patch scores, only each image's largest
 (its image score) and the upper tail of the blurred maps (the pixel threshold, a high quantile).
 `BoundedGrids` holds a certified upper bound for every patch score (ops/leave_out.py; scores are
->= 0) and computes exact scores on demand; the two functions here ask only for the patches that
-can still change their answer, and return exactly what the full computation returns:
+>= 0), tighter bounds on demand (`tighter`, cheapest first) and exact scores on demand
+(`exact_fn`). The two functions here move a patch one step up (a tighter bound, or its exact
+score) only while its bound leaves their answer open, and return exactly what the full
+computation returns:
 
-* `image_maxima`: each image's patch with the largest bound is computed; a patch whose bound is
-  below that exact score cannot be the maximum, the others are computed, and the maximum is taken
+* `image_maxima`: each image's patches with the largest bounds get tighter bounds, and the few
+  with the largest tightest bounds their exact scores; a patch whose bound is below the largest exact score of its image
+  cannot be the maximum; the others move up until none is left open, and the maximum is taken
   over exact values.
 * `pixel_threshold`: the map operator (bilinear upsampling, then a Gaussian blur: nonnegative
   weights, and float rounding is monotone) maps lower / upper bound grids (exact where known, 0 /
   the bound elsewhere) to lower / upper bound maps. The patches under the pixels with the largest
-  upper bounds are computed first; then t, the order statistic np.quantile reads taken of the
-  lower maps, is a lower bound of the exact one, and pixels whose upper bound is below t cannot
-  reach it. The patches under the other pixels (their supports: the operator's nonzero weights)
-  are computed, until every such pixel is exact. The threshold is then
-  `thresholds.pixel_threshold` of the maps of a grid holding exact values where computed and
-  upper bounds elsewhere: every pixel that can reach the quantile is bitwise the full
-  computation's (weights outside its support are exact zeros), every other stays below t, so
-  np.quantile reads the same two order statistics.
+  upper bounds move up first; then t, the order statistic np.quantile reads taken of the lower
+  maps, is a lower bound of the exact one, and pixels whose upper bound is below t cannot reach
+  it. The patches under the other pixels (their supports: the operator's nonzero weights) move
+  up until every such pixel is exact. The threshold is then `thresholds.pixel_threshold` of the
+  maps of a grid holding exact values where computed and upper bounds elsewhere: every pixel that
+  can reach the quantile is bitwise the full computation's (weights outside its support are exact
+  zeros), every other stays below t, so np.quantile reads the same two order statistics.
 """
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,25 +33,29 @@ from softpatch_jax.evaluation import anomaly_map, thresholds
 
 @dataclasses.dataclass
 class BoundedGrids:
-    """Patch scores of B images on an (h, w) grid: 0 <= exact <= `upper` (float64), with
-    `exact_fn` ((n,) flat patch indices -> (n,) float32 exact scores) to compute some exactly;
-    `known` marks those computed (their `upper` is then their value). Maps are `image_size`
-    square, blurred with `blur_sigma` (as methods.base.Scores)."""
+    """Patch scores of B images on an (h, w) grid: 0 <= exact <= `upper` (float64, inf = no
+    bound yet). `tighter`: callables, cheapest first, each (n,) flat patch indices -> (n,)
+    tighter certified upper bounds; `exact_fn`: (n,) flat patch indices -> (n,) float32 exact
+    scores. `level` counts the tighter bounds a patch has had; `known` marks the patches computed
+    exactly (their `upper` is then their value). Maps are `image_size` square, blurred with
+    `blur_sigma` (as methods.base.Scores)."""
     upper: np.ndarray
     exact_fn: Callable[[np.ndarray], np.ndarray]
     image_size: int
     blur_sigma: float
+    tighter: Sequence[Callable[[np.ndarray], np.ndarray]] = ()
     known: np.ndarray = None
     values: np.ndarray = None
+    level: np.ndarray = None
 
     def __post_init__(self):
-        if self.known is None:
-            self.known = np.zeros(self.upper.shape, bool)
-        if self.values is None:
-            self.values = np.zeros(self.upper.shape, np.float32)
+        shape = self.upper.shape
+        self.known = np.zeros(shape, bool) if self.known is None else self.known
+        self.values = np.zeros(shape, np.float32) if self.values is None else self.values
+        self.level = np.zeros(shape, np.int8) if self.level is None else self.level
 
     def refine(self, mask: np.ndarray) -> None:
-        """Computes the patches of `mask` (B, h, w) bool not yet known."""
+        """Computes the patches of `mask` (B, h, w) bool not yet known exactly."""
         idx = np.flatnonzero(mask & ~self.known)
         if idx.size == 0:
             return
@@ -57,6 +63,25 @@ class BoundedGrids:
         self.values.reshape(-1)[idx] = exact
         self.upper.reshape(-1)[idx] = exact
         self.known.reshape(-1)[idx] = True
+
+    def tighten(self, mask: np.ndarray, exact: bool = True) -> bool:
+        """Moves each patch of `mask` not known exactly one step up: its next tighter bound, or
+        its exact score after the last (not with `exact=False`). -> False if there was none to
+        move."""
+        open_ = mask & ~self.known
+        if not exact:
+            open_ &= self.level < len(self.tighter)
+        if not open_.any():
+            return False
+        level = self.level.copy()
+        for step, bound in enumerate(self.tighter):
+            idx = np.flatnonzero(open_ & (level == step))
+            if idx.size:
+                flat = self.upper.reshape(-1)
+                flat[idx] = np.minimum(flat[idx], bound(idx))
+                self.level.reshape(-1)[idx] = step + 1
+        self.refine(open_ & (level >= len(self.tighter)))
+        return True
 
     @property
     def computed_share(self) -> float:
@@ -71,11 +96,10 @@ class BoundedGrids:
         return np.where(self.known, self.values, self.upper.astype(np.float32))
 
     def _finite(self) -> bool:
-        """Patches without a finite bound are computed; False if an exact score is not finite
-        (then every patch is computed and the caller takes the full path)."""
-        open_ = ~np.isfinite(self.upper)
-        if open_.any():
-            self.refine(open_)
+        """Patches without a finite bound move up until they have one; False if an exact score
+        is not finite (then every patch is computed and the caller takes the full path)."""
+        while self.tighten(~np.isfinite(self.upper)):
+            pass
         if not np.isfinite(self.values[self.known]).all():
             self.refine(np.ones(self.known.shape, bool))
             return False
@@ -87,16 +111,20 @@ def image_maxima(g: BoundedGrids) -> np.ndarray:
     b = g.upper.shape[0]
     if not g._finite():
         return g.values.reshape(b, -1).max(axis=1)
-    first = np.zeros(g.upper.shape, bool)
-    first.reshape(b, -1)[np.arange(b), g.upper.reshape(b, -1).argmax(axis=1)] = True
-    g.refine(first)
+    # A floor first, in two calls: each image's 32 patches with the largest bounds get tighter
+    # bounds, then the 4 with the largest tightest bounds their exact scores.
+    size, top = g.upper[0].size, len(g.tighter)
+    for count in (32,) * top + (4,):
+        upper = np.where(g.level >= top, g.upper, -np.inf) if count == 4 else g.upper
+        upper = upper.reshape(b, -1)
+        kth = np.partition(upper, size - min(count, size), axis=1)[:, size - min(count, size)]
+        g.tighten((upper >= kth[:, None]).reshape(g.upper.shape) & np.isfinite(
+            upper.reshape(g.upper.shape)), exact=count == 4)
     while True:
         best = np.where(g.known, g.values, -np.inf).reshape(b, -1).max(axis=1)
         # >=: a patch tied with the best may be the maximum itself
-        todo = ~g.known & (g.upper >= best[:, None, None])
-        if not todo.any():
+        if not g.tighten(g.upper >= best[:, None, None]):
             return best.astype(np.float32)
-        g.refine(todo)
 
 
 def _supports(grid: int, size: int, sigma: float) -> np.ndarray:
@@ -118,25 +146,25 @@ def pixel_threshold(g: BoundedGrids, keep: np.ndarray, false_reject: float) -> f
     rank = max(0, int(np.floor((1.0 - false_reject) * (n - 1))) - 1)
     sy, sx = _supports(h, image_size, sigma), _supports(w, image_size, sigma)
 
-    def refine_under(pixels: np.ndarray) -> bool:
-        """Computes the patches under (kept, S, S) bool pixels; False if all were known."""
+    def under(pixels: np.ndarray) -> np.ndarray:
+        """(B, h, w) bool: the patches under (kept, S, S) bool pixels."""
         k = pixels.shape[0]
         cols = (pixels.reshape(-1, image_size).astype(np.float32) @ sx).reshape(k, image_size, w)
-        under = sy.T @ cols.transpose(1, 0, 2).reshape(image_size, k * w)  # two plain GEMMs
+        rows = sy.T @ cols.transpose(1, 0, 2).reshape(image_size, k * w)  # two plain GEMMs
         need = np.zeros((b, h, w), bool)
-        need[keep] = under.reshape(h, k, w).transpose(1, 0, 2) > 0
-        if not (need & ~g.known).any():
-            return False
-        g.refine(need)
-        return True
+        need[keep] = rows.reshape(h, k, w).transpose(1, 0, 2) > 0
+        return need
 
-    high = maps(g.upper_grid())[keep].reshape(-1)
-    first = min(high.size, 2 * (n - rank))  # twice as many pixels as reach the quantile
-    top = np.zeros(high.size, bool)
-    top[np.argpartition(high, high.size - first)[high.size - first:]] = True
-    refine_under(top.reshape(-1, image_size, image_size))
+    # first the patches under the pixels with the largest bounds, twice as many pixels as reach
+    # the quantile: through each tighter bound to exact, re-ranked at each step
+    first = min(n, 2 * (n - rank))
+    for _ in range(len(g.tighter) + 1):
+        high = maps(g.upper_grid())[keep].reshape(-1)
+        top = np.zeros(n, bool)
+        top[np.argpartition(high, n - first)[n - first:]] = True
+        g.tighten(under(top.reshape(-1, image_size, image_size)))
     while True:
         t = np.partition(maps(g.lower_grid())[keep].reshape(-1), rank)[rank]
-        if not refine_under(maps(g.upper_grid())[keep] >= t):
+        if not g.tighten(under(maps(g.upper_grid())[keep] >= t)):
             break
     return thresholds.pixel_threshold(maps(g.upper_grid()), keep, false_reject)

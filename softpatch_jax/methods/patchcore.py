@@ -32,19 +32,24 @@ class MemoryBank:
     # (M,) int32: the training image each entry came from (leave-own-image-out scoring); None
     # in models saved before it existed.
     sources: Optional[np.ndarray] = None
+    # (M,) int32: each entry's patch position in its image's grid, row-major (the cheapest
+    # calibration bounds read it); None in models saved before it existed.
+    positions: Optional[np.ndarray] = None
 
     def to_arrays(self, prefix: str = "") -> Dict[str, np.ndarray]:
         arrays = {prefix + "features": np.asarray(self.features),
                   prefix + "weights": np.asarray(self.weights)}
-        if self.sources is not None:
-            arrays[prefix + "sources"] = np.asarray(self.sources)
+        for name in ("sources", "positions"):
+            if getattr(self, name) is not None:
+                arrays[prefix + name] = np.asarray(getattr(self, name))
         return arrays
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "") -> "MemoryBank":
-        sources = arrays.get(prefix + "sources")
+        optional = {name: None if arrays.get(prefix + name) is None
+                    else np.asarray(arrays[prefix + name]) for name in ("sources", "positions")}
         return cls(np.asarray(arrays[prefix + "features"]), np.asarray(arrays[prefix + "weights"]),
-                   None if sources is None else np.asarray(sources))
+                   **optional)
 
 
 def build_bank(train_features: np.ndarray, sampling: np.ndarray, soft: np.ndarray,
@@ -70,8 +75,9 @@ def build_bank(train_features: np.ndarray, sampling: np.ndarray, soft: np.ndarra
             reduced = sampler.project(train_features, key_proj)
         idx = sampler.select(reduced, m, key_start, jnp.asarray(sampling.reshape(-1)))
     flat = train_features.reshape(n, d)
-    sources = (np.asarray(idx) // p).astype(np.int32)
-    return MemoryBank(np.asarray(flat[idx]), soft.reshape(-1)[idx], sources), idx
+    idx_host = np.asarray(idx)
+    return MemoryBank(np.asarray(flat[idx]), soft.reshape(-1)[idx],
+                      (idx_host // p).astype(np.int32), (idx_host % p).astype(np.int32)), idx
 
 
 def patch_scores(test_features: np.ndarray, bank: MemoryBank, search, soft_weight: bool = True,
@@ -95,10 +101,11 @@ BLOCK_ROWS = 16 * knn.MAX_ROWS
 
 def query_scores(queries: np.ndarray, bank: MemoryBank, search, soft_weight: bool = True,
                  num_nn: int = 1, groups: Optional[np.ndarray] = None,
-                 budget_mb: float = 1024, desc: str = "") -> np.ndarray:
+                 budget_mb: float = 1024, desc: str = "", prepared=None) -> np.ndarray:
     """`patch_scores` of (N, D) queries -> (N,); `groups` (N,) int: query i never meets the
     entries whose source is groups[i]. Each query's score does not depend on the others'.
-    `desc`: a progress bar of that name over blocks of queries (same results)."""
+    `desc`: a progress bar of that name over blocks of queries (same results); `prepared`: the
+    search's PreparedBank of `bank.features` (PrunedSearch), for many calls on one bank."""
     n = len(queries)
     if desc and n >= 2 * BLOCK_ROWS:
         starts = list(range(0, n - BLOCK_ROWS, BLOCK_ROWS))  # the last block takes the rest
@@ -106,16 +113,18 @@ def query_scores(queries: np.ndarray, bank: MemoryBank, search, soft_weight: boo
         with tqdm(total=n, desc=desc, leave=False, unit="patch", unit_scale=True) as bar:
             for a, b in zip(starts, starts[1:] + [n]):
                 out.append(query_scores(queries[a:b], bank, search, soft_weight, num_nn,
-                                        None if groups is None else groups[a:b], budget_mb))
+                                        None if groups is None else groups[a:b], budget_mb,
+                                        prepared=prepared))
                 bar.update(b - a)
         return np.concatenate(out)
+    searched = bank.features if prepared is None else prepared
     if groups is None:
-        dist, idx = search.k_nearest(queries, bank.features, num_nn)
+        dist, idx = search.k_nearest(queries, searched, num_nn)
     else:
         if bank.sources is None:
             raise NotImplementedError("the memory bank does not record its entries' source "
                                       "images (a model saved by an earlier version)")
-        dist, idx = knn.k_nearest_excluding(queries, groups, bank.features, bank.sources,
+        dist, idx = knn.k_nearest_excluding(queries, groups, searched, bank.sources,
                                             num_nn, budget_mb, search)
     score = dist.mean(axis=1)
     if soft_weight:
@@ -126,7 +135,8 @@ def query_scores(queries: np.ndarray, bank: MemoryBank, search, soft_weight: boo
 def left_out_grids(features, bank: MemoryBank, search, soft_weight: bool, image_size: int,
                    blur_sigma: float, budget_mb: float = 1024) -> BoundedGrids:
     """Certified upper bounds on the (B, h, w) left-out patch scores of the B training images in
-    `features` against `bank` (1 nearest neighbour), with their exact scores on demand
+    `features` against `bank` (1 nearest neighbour): by grid position where the bank records its
+    entries' positions, a sketch search on demand, and exact scores on demand
     (evaluation/pruned.py; ops/leave_out.py)."""
     if bank.sources is None:
         raise NotImplementedError("the memory bank does not record its entries' source images "
@@ -134,22 +144,28 @@ def left_out_grids(features, bank: MemoryBank, search, soft_weight: bool, image_
     b, p, d = features.patches.shape
     queries = features.patches.reshape(b * p, d)
     groups = np.repeat(np.arange(b, dtype=np.int32), p)
-    upper = leave_out.upper_bounds(queries, groups, bank.features, bank.sources,
-                                   bank.weights if soft_weight else None, budget_mb,
-                                   desc="calibration: bounds")
-
+    weights = bank.weights if soft_weight else None
+    sketch = leave_out.SketchBounds(bank.features, bank.sources, weights, budget_mb)
     # |q|^2 rounds by the row count of the chunk it is computed in (ops/knn.py), and a call
     # with fewer queries than a chunk uses smaller chunks: padded to at least the full pass's
     # chunk, a subset's scores are bitwise the full pass's.
     rows = min(len(queries), knn.MAX_ROWS)
+    prepared = search.prepare(bank.features) if isinstance(search, knn.PrunedSearch) else None
 
     def exact(idx: np.ndarray) -> np.ndarray:
         padded = np.concatenate([idx, np.repeat(idx[-1:], max(0, rows - len(idx)))])
         return query_scores(queries[padded], bank, search, soft_weight, 1, groups[padded],
-                            budget_mb, "calibration: left-out scores")[:len(idx)]
+                            budget_mb, "calibration: left-out scores", prepared)[:len(idx)]
 
-    return BoundedGrids(upper.reshape((b,) + tuple(features.grid)), exact, image_size,
-                        blur_sigma)
+    def sketched(idx: np.ndarray) -> np.ndarray:
+        return sketch(queries[idx], groups[idx], "calibration: bounds")
+
+    shape = (b,) + tuple(features.grid)
+    if bank.positions is None:  # a bank saved before positions were recorded
+        return BoundedGrids(np.full(shape, np.inf), exact, image_size, blur_sigma, (sketched,))
+    upper = leave_out.window_bounds(features.patches, features.grid, bank.features,
+                                    bank.sources, bank.positions, weights)
+    return BoundedGrids(upper.reshape(shape), exact, image_size, blur_sigma, (sketched,))
 
 
 def reweighted_image_scores(test_features: np.ndarray, patch: np.ndarray, bank: MemoryBank,

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softpatch_jax.ops.chunking import chunk_size
+from softpatch_jax.ops.chunking import chunk_size, host_blas
 
 
 def pairwise_sq_dists(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -46,7 +46,9 @@ def sketch_basis(x: np.ndarray, k: int):
     sample = x[::max(1, len(x) // 16384)].astype(np.float64)
     mu = sample.mean(axis=0)
     k = min(k, x.shape[1])
-    p = np.linalg.eigh(np.cov(sample, rowvar=False).reshape(x.shape[1], -1))[1][:, ::-1][:, :k]
+    with host_blas():
+        cov = np.cov(sample, rowvar=False).reshape(x.shape[1], -1)
+        p = np.linalg.eigh(cov)[1][:, ::-1][:, :k]
     return mu, p
 
 

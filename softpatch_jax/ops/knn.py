@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softpatch_jax.ops.chunking import chunk_size, map_chunks
+from softpatch_jax.ops.chunking import chunk_size, host_blas, map_chunks
 
 # Rows per chunk: a (rows x M) block that stays in cache beats one huge block (measured on CPU).
 MAX_ROWS = 1024
@@ -118,8 +118,9 @@ def k_nearest_excluding(queries, groups, bank, bank_groups, k: int = 1,
     """Exact k nearest bank entries of other groups: query i never meets an entry with
     bank_groups == groups[i] (leave-own-image-out scoring: a group is a source image).
 
-    queries (N, D), groups (N,) int, bank (M, D), bank_groups (M,) int -> ((N, k) squared
-    distances ascending, (N, k) indices); where fewer than k entries are eligible the rest are
+    queries (N, D), groups (N,) int, bank (M, D) (or PrunedSearch's PreparedBank of it, to skip
+    its per-call preparation), bank_groups (M,) int -> ((N, k) squared distances ascending, (N, k)
+    indices); where fewer than k entries are eligible the rest are
     inf. With a `search` strategy, its `candidates` nearest entries are taken first and the
     first k of other groups among them are the answer (exact: every entry closer than them is
     among the candidates); only queries with fewer than k such candidates go to a masked brute
@@ -127,6 +128,8 @@ def k_nearest_excluding(queries, groups, bank, bank_groups, k: int = 1,
     queries = np.asarray(queries, np.float32)
     groups = np.asarray(groups, np.int32)
     bank_groups = np.asarray(bank_groups, np.int32)
+    searched = bank  # a PreparedBank is for `search` (PrunedSearch); the rest reads its rows
+    bank = bank.bank if isinstance(bank, PreparedBank) else bank
     m = np.shape(bank)[0]
     _check_k(k, m)
     # 2 candidates: on transistor 0.3% of training patches had both from their own image (1:
@@ -134,7 +137,7 @@ def k_nearest_excluding(queries, groups, bank, bank_groups, k: int = 1,
     candidates = max(candidates, k + 1)
     if search is None or candidates >= m:
         return _brute_excluding(queries, groups, bank, bank_groups, k, budget_mb)
-    cand_d, cand_i = search.k_nearest(queries, bank, candidates)
+    cand_d, cand_i = search.k_nearest(queries, searched, candidates)
     other = bank_groups[cand_i] != groups[:, None]                 # (N, candidates)
     enough = other.sum(axis=1) >= k
     # the first k other-group candidates of each row, in order (stable sort of ~other)
@@ -423,7 +426,8 @@ class PrunedSearch:
             return PreparedBank(bank, bank_sq, False, "non-finite bank")
         mean = host.mean(axis=0, dtype=np.float64)
         sample = host[:: max(1, m // 4096)].astype(np.float64) - mean
-        evals, evecs = np.linalg.eigh(sample.T @ sample)
+        with host_blas():
+            evals, evecs = np.linalg.eigh(sample.T @ sample)
         evals, evecs = np.maximum(evals[::-1], 0.0), evecs[:, ::-1]
         kept = np.cumsum(evals) / max(evals.sum(), 1e-300)
         if self.rank is not None:
@@ -527,9 +531,9 @@ class PrunedSearch:
         bad = np.nonzero(todo)[0]
         if len(bad):  # brute force again, on >= 8 rows (a 1-row GEMM rounds differently)
             rows = np.concatenate([bad, np.repeat(bad[-1:], max(0, 8 - len(bad)))])
-            b_best, b_idx = map_chunks(
+            b_best, b_idx = map_chunks(  # partials do not round by the row count: bucketed
                 lambda q: _partial_chunk(jnp.asarray(q), p.bank, p.bank_sq, k),
-                [queries[rows]], _brute_step(m, self.budget_mb))
+                [queries[rows]], _brute_step(m, self.budget_mb), bucket=True)
             best[bad], index[bad] = b_best[:len(bad)], b_idx[:len(bad)]
         stats.update(certified=n - len(bad), fallback=len(bad),
                      total_s=time.perf_counter() - start)
@@ -550,7 +554,7 @@ class PrunedSearch:
             b, i = _finish_chunk(q, p.bank, p.bank_sq, near, k, p.group, p.width)
             return b, i, bound, zq_sq, centred_sq
 
-        b, i, bound, zq_sq, centred_sq = map_chunks(chunk, [queries], step)
+        b, i, bound, zq_sq, centred_sq = map_chunks(chunk, [queries], step, bucket=True)
         best_out[:] = b[:n]
         index_out[:] = i[:n]
         return _certified(p, b[:n, k - 1], bound[:n], zq_sq[:n], centred_sq[:n], qsq)

@@ -17,20 +17,30 @@ def _grids(b=12, h=6, w=8, seed=0, looseness=0.3):
     return exact, upper
 
 
-def _bounded(exact, upper, size=32, sigma=2.0):
+def _bounded(exact, upper, size=32, sigma=2.0, levels=0):
+    """BoundedGrids over `upper`; with `levels`, that many tighter bounds, each halving the
+    gap to the exact score (the first bound is then `levels` times looser)."""
     asked = []
 
     def exact_fn(idx):
         asked.append(len(idx))
         return exact.reshape(-1)[idx]
 
-    return pruned.BoundedGrids(upper.copy(), exact_fn, size, sigma), asked
+    def tighter(step):
+        return lambda idx: (exact.reshape(-1)[idx].astype(np.float64)
+                            + (upper.reshape(-1)[idx] - exact.reshape(-1)[idx]) / 2 ** (step + 1))
+
+    with np.errstate(invalid="ignore"):  # inf bounds stay inf
+        start = np.where(np.isfinite(upper), exact + (upper - exact) * (2 ** levels), np.inf)
+    return pruned.BoundedGrids(start.copy(), exact_fn, size, sigma,
+                               tuple(tighter(s) for s in range(levels))), asked
 
 
 @pytest.mark.parametrize("looseness", [0.0, 0.3, 3.0])
-def test_image_maxima_equal_the_full_maxima(looseness):
+@pytest.mark.parametrize("levels", [0, 2])
+def test_image_maxima_equal_the_full_maxima(looseness, levels):
     exact, upper = _grids(looseness=looseness)
-    g, asked = _bounded(exact, upper)
+    g, asked = _bounded(exact, upper, levels=levels)
     got = pruned.image_maxima(g)
     np.testing.assert_array_equal(got, exact.reshape(len(exact), -1).max(axis=1))
     assert got.dtype == np.float32
@@ -41,11 +51,12 @@ def test_image_maxima_equal_the_full_maxima(looseness):
 @pytest.mark.parametrize("looseness", [0.0, 0.2, 3.0])
 @pytest.mark.parametrize("sigma", [2.0, 0.0])
 @pytest.mark.parametrize("rate", [0.01, 0.2])
-def test_pixel_threshold_equals_the_full_threshold(looseness, sigma, rate):
+@pytest.mark.parametrize("levels", [0, 1])
+def test_pixel_threshold_equals_the_full_threshold(looseness, sigma, rate, levels):
     exact, upper = _grids(looseness=looseness, seed=3)
     keep = np.ones(len(exact), bool)
     keep[[2, 5]] = False
-    g, _ = _bounded(exact, upper, sigma=sigma)
+    g, _ = _bounded(exact, upper, sigma=sigma, levels=levels)
     got = pruned.pixel_threshold(g, keep, rate)
     ref = thresholds.pixel_threshold(anomaly_map.anomaly_maps(exact, 32, sigma), keep, rate)
     assert got == ref  # bitwise, not approximately
@@ -74,3 +85,16 @@ def test_non_finite_exact_scores_take_the_full_path():
     g, _ = _bounded(exact, upper)
     np.testing.assert_array_equal(pruned.image_maxima(g), exact.reshape(len(exact), -1).max(1))
     assert g.computed_share == 1.0
+
+
+def test_tighten_moves_one_step_at_a_time():
+    exact, upper = _grids(seed=8, looseness=1.0)
+    g, asked = _bounded(exact, upper, levels=2)
+    mask = np.zeros(exact.shape, bool)
+    mask[0, 0, :3] = True
+    before = g.upper[mask].copy()
+    assert g.tighten(mask) and not g.known[mask].any() and np.all(g.upper[mask] <= before)
+    assert g.tighten(mask) and not g.known[mask].any() and np.all(g.level[mask] == 2)
+    assert g.tighten(mask) and g.known[mask].all() and sum(asked) == 3
+    assert not g.tighten(mask)
+    np.testing.assert_array_equal(g.values[mask], exact[mask])

@@ -130,7 +130,7 @@ def test_every_method_fits_and_scores(method):
     arrays = fitted.to_arrays()
     if method == "softpatch_plus":
         assert set(arrays) == {f"{bank}_{part}" for bank in ("cls", "seg")
-                               for part in ("features", "weights", "sources")}
+                               for part in ("features", "weights", "sources", "positions")}
         assert len(arrays["cls_features"]) == len(arrays["seg_features"])
     # The checkpoint's arrays give back the same state.
     again = m.score(m.fitted_from_arrays(arrays),

@@ -1,6 +1,6 @@
 """Upper bounds on leave-own-group-out scores (ops/leave_out.py) against brute force: never
-below the exact score, weighted and unweighted, with own-group entries, ties and a group that owns
-a whole neighbourhood; tight enough to prune."""
+below the exact score, weighted and unweighted, far from the origin, with own-group entries,
+ties and a group that owns a whole neighbourhood; tight enough to prune."""
 import numpy as np
 import pytest
 
@@ -27,8 +27,8 @@ def test_upper_bounds_never_below_brute_force(weighted, offset):
     q, g, bank, bg, w = _problem()
     q, bank = q + offset, bank + offset
     exact = query_scores(q, MemoryBank(bank, w, bg), knn.BruteForce(), weighted, 1, g)
-    upper = leave_out.upper_bounds(q, g, bank, bg, w if weighted else None, sketch_dim=7,
-                                   candidates=4)
+    upper = leave_out.SketchBounds(bank, bg, w if weighted else None, sketch_dim=7,
+                                   candidates=4)(q, g)
     assert np.all(upper >= exact)
     if offset == 0:  # tight: the sketch's candidates are near neighbours on clustered data
         # (far from the origin brute force's own float32 error, which the bound must cover,
@@ -45,7 +45,7 @@ def test_ties_and_duplicated_entries():
     g = rng.integers(0, 3, 100).astype(np.int32)  # group 2 owns no entry
     exact = query_scores(q, MemoryBank(bank, np.ones(80, np.float32), bg), knn.BruteForce(),
                          False, 1, g)
-    upper = leave_out.upper_bounds(q, g, bank, bg, sketch_dim=3, candidates=2)
+    upper = leave_out.SketchBounds(bank, bg, sketch_dim=3, candidates=2)(q, g)
     assert np.all(upper >= exact)
 
 
@@ -53,9 +53,34 @@ def test_a_query_whose_candidates_are_all_its_own_gets_inf():
     bank = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0]], np.float32)
     bg = np.array([5, 5, 6], np.int32)
     q = np.array([[0.0, 0.05], [0.0, 0.05]], np.float32)
-    upper = leave_out.upper_bounds(q, np.array([5, 6], np.int32), bank, bg, sketch_dim=1,
-                                   candidates=2)
+    upper = leave_out.SketchBounds(bank, bg, sketch_dim=1, candidates=2)(
+        q, np.array([5, 6], np.int32))
     assert upper[0] == np.inf and np.isfinite(upper[1])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 300.0])
+def test_window_bounds_never_below_brute_force(weighted, offset):
+    """Patches against the entries taken near their grid position, on a 5 x 6 grid with a
+    rectangular window at the borders; positions with no entry nearby get inf."""
+    rng = np.random.default_rng(2)
+    b, h, w, d = 14, 5, 6, 24
+    centres = rng.normal(size=(h * w, d)) * 3
+    x = (centres[None] + rng.normal(size=(b, h * w, d)) + offset).astype(np.float32)
+    pick = rng.choice(b * h * w, 150, replace=False)
+    pick = pick[pick % (h * w) != 0]  # no entry at position 0 ...
+    pick = pick[~np.isin(pick % (h * w), [1, 6, 7])]  # ... nor next to it: inf there
+    weights = rng.uniform(0.8, 1.2, len(pick)).astype(np.float32)
+    bank = MemoryBank(x.reshape(-1, d)[pick], weights, (pick // (h * w)).astype(np.int32),
+                      (pick % (h * w)).astype(np.int32))
+    groups = np.repeat(np.arange(b), h * w).astype(np.int32)
+    exact = query_scores(x.reshape(-1, d), bank, knn.BruteForce(), weighted, 1, groups)
+    upper = leave_out.window_bounds(x, (h, w), bank.features, bank.sources, bank.positions,
+                                    weights if weighted else None, radius=1)
+    assert np.all(upper >= exact)
+    assert np.all(np.isinf(upper.reshape(b, -1)[:, 0]))
+    if offset == 0:
+        assert np.median(upper[np.isfinite(upper)] / exact[np.isfinite(upper)]) < 1.6
 
 
 def test_a_subset_of_queries_scores_bitwise_as_in_the_full_pass():
