@@ -127,6 +127,14 @@ def image_maxima(g: BoundedGrids) -> np.ndarray:
             return best.astype(np.float32)
 
 
+def _order_statistic(values: np.ndarray, rank: int) -> float:
+    """np.partition(values, rank)[rank] for values >= 0, most of them 0 (a lower map is 0 where
+    no patch under a pixel is known): only the positive ones are partitioned."""
+    positive = values[values > 0]
+    zeros = values.size - positive.size
+    return 0.0 if rank < zeros else float(np.partition(positive, rank - zeros)[rank - zeros])
+
+
 def _supports(grid: int, size: int, sigma: float) -> np.ndarray:
     """(size, grid) float32 0/1: which grid cells a map row (or column) reads."""
     return (anomaly_map.map_operator(grid, size, sigma) != 0).astype(np.float32)
@@ -164,7 +172,7 @@ def pixel_threshold(g: BoundedGrids, keep: np.ndarray, false_reject: float) -> f
         top[np.argpartition(high, n - first)[n - first:]] = True
         g.tighten(under(top.reshape(-1, image_size, image_size)))
     while True:
-        t = np.partition(maps(g.lower_grid())[keep].reshape(-1), rank)[rank]
+        t = _order_statistic(maps(g.lower_grid())[keep].reshape(-1), rank)
         if not g.tighten(under(maps(g.upper_grid())[keep] >= t)):
             break
     return thresholds.pixel_threshold(maps(g.upper_grid()), keep, false_reject)

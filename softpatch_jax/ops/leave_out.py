@@ -121,7 +121,7 @@ class SketchBounds:
 
 def window_bounds(patches: np.ndarray, grid, bank: np.ndarray, bank_sources: np.ndarray,
                   bank_positions: np.ndarray, weights: Optional[np.ndarray] = None,
-                  radius: int = 2) -> np.ndarray:
+                  radius: int = 1) -> np.ndarray:
     """Certified upper bounds (B * P,) float64 of the left-out scores of the B images' patches
     (B, P, D) on the (h, w) `grid`, each against the entries of other images taken at grid
     positions within Chebyshev `radius` of its own (inf where there are none)."""

@@ -98,3 +98,10 @@ def test_tighten_moves_one_step_at_a_time():
     assert g.tighten(mask) and g.known[mask].all() and sum(asked) == 3
     assert not g.tighten(mask)
     np.testing.assert_array_equal(g.values[mask], exact[mask])
+
+
+def test_order_statistic_of_mostly_zero_values_equals_partition():
+    rng = np.random.default_rng(9)
+    values = np.where(rng.random(5000) < 0.8, 0.0, rng.random(5000)).astype(np.float32)
+    for rank in (0, 10, 3999, 4100, 4999):
+        assert pruned._order_statistic(values, rank) == np.partition(values, rank)[rank]

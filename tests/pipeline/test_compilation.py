@@ -139,16 +139,17 @@ SMALL = dict(resize=32, image_size=32, batch_size=8)
 
 # What a category of the first's sizes may still compile: calibration's sketch bounds
 # (ops/leave_out.SketchBounds, called from evaluation/pruned.py as it tightens) run on the training
-# patches whose cheaper bound leaves the answer open, a count that depends on the pixels, and
-# map_chunks shrinks its chunk to a call's row count: one `_best_candidate` per new count, and
-# the two `stage` programs of jnp.asarray on its inputs.
+# patches whose cheaper bound leaves the answer open, a count that depends on the pixels; its
+# chunks are bucketed to powers of two (map_chunks(bucket=True)), so a category compiles one
+# `_best_candidate` (and the two `stage` programs of jnp.asarray on its inputs) only for a bucket
+# the first category did not use.
 DATA_DEPENDENT = {"jit(_best_candidate)", "jit(stage)"}
 
 
 def test_a_second_category_of_the_same_sizes_compiles_nothing(tmp_path, cache_dir, monkeypatch):
     """Every program of the second category was compiled (or loaded) for the first: the shapes
     are the same, and nothing else (category names, seeds, pixels) enters a program, except the
-    row counts of calibration's sketch bounds (DATA_DEPENDENT; 3 compiles here: one count)."""
+    row-count buckets of calibration's sketch bounds (DATA_DEPENDENT)."""
     counters = []
 
     class Recorded(compilation.CompileCounter):
