@@ -38,12 +38,13 @@ class BoundedGrids:
     tighter certified upper bounds; `exact_fn`: (n,) flat patch indices -> (n,) float32 exact
     scores. `level` counts the tighter bounds a patch has had; `known` marks the patches computed
     exactly (their `upper` is then their value). Maps are `image_size` square, blurred with
-    `blur_sigma` (as methods.base.Scores)."""
+    `blur_sigma` (as methods.base.Scores). `direct_share`: see `tighten`."""
     upper: np.ndarray
     exact_fn: Callable[[np.ndarray], np.ndarray]
     image_size: int
     blur_sigma: float
     tighter: Sequence[Callable[[np.ndarray], np.ndarray]] = ()
+    direct_share: float = 0.2
     known: np.ndarray = None
     values: np.ndarray = None
     level: np.ndarray = None
@@ -66,13 +67,17 @@ class BoundedGrids:
 
     def tighten(self, mask: np.ndarray, exact: bool = True) -> bool:
         """Moves each patch of `mask` not known exactly one step up: its next tighter bound, or
-        its exact score after the last (not with `exact=False`). -> False if there was none to
-        move."""
+        its exact score after the last (not with `exact=False`). Where that is more than
+        `direct_share` of all patches, bounds would not save enough to pay for themselves: they
+        are computed exactly at once. -> False if there was none to move."""
         open_ = mask & ~self.known
         if not exact:
             open_ &= self.level < len(self.tighter)
         if not open_.any():
             return False
+        if exact and open_.sum() > self.direct_share * open_.size:
+            self.refine(open_)
+            return True
         level = self.level.copy()
         for step, bound in enumerate(self.tighter):
             idx = np.flatnonzero(open_ & (level == step))

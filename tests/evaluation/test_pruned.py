@@ -105,3 +105,15 @@ def test_order_statistic_of_mostly_zero_values_equals_partition():
     values = np.where(rng.random(5000) < 0.8, 0.0, rng.random(5000)).astype(np.float32)
     for rank in (0, 10, 3999, 4100, 4999):
         assert pruned._order_statistic(values, rank) == np.partition(values, rank)[rank]
+
+
+def test_a_large_open_set_is_computed_exactly_at_once():
+    """Where more than direct_share of the patches would move up, bounds cannot pay for
+    themselves: one exact call, and the answers are still the full computation's."""
+    exact, upper = _grids(seed=10, looseness=0.3)
+    g, asked = _bounded(exact, upper, levels=1)
+    g.direct_share = 0.1
+    assert g.tighten(np.ones(exact.shape, bool)) and g.known.all() and asked == [exact.size]
+    g, asked = _bounded(exact, upper, levels=1)
+    g.direct_share = 0.1
+    np.testing.assert_array_equal(pruned.image_maxima(g), exact.reshape(len(exact), -1).max(1))
