@@ -145,7 +145,7 @@ def _load_legacy(f) -> dict:
     _NoGlobals(f).load()  # sys info
     storage_types: dict = {}
     obj = _Unpickler(f, storage_types).load()
-    keys = pickle.load(f)
+    keys = _NoGlobals(f).load()  # a list of strings: no global may load
     buffers = {}
     for key in keys:
         (numel,) = struct.unpack("<q", f.read(8))
