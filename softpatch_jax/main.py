@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from softpatch_jax.export import exporter
 from softpatch_jax.io.html_report import REPORT_FILE
+from softpatch_jax.io.lock import workdir_lock
 from softpatch_jax.ops import sharding
 from softpatch_jax.pipeline import cli, console, evaluate, predict
 
@@ -39,6 +40,16 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def run():
+    if FLAGS.mode == "fit":
+        return fit()
+    if not os.path.isdir(FLAGS.workdir):
+        return use_fitted()  # which names the missing workdir
+    # Shared with other predictions and exports; refused while a fit replaces the models.
+    with workdir_lock(FLAGS.workdir, FLAGS.mode, shared=True):
+        return use_fitted()
+
+
+def use_fitted():
     if FLAGS.mode == "export":
         threshold = FLAGS.threshold
         for cat, folder in exporter.export_workdir(FLAGS.workdir, FLAGS.category,
@@ -54,7 +65,9 @@ def run():
                   f"{FLAGS.workdir}/predictions/{cat}/predictions.csv "
                   f"(highest: {names[top]} = {float(scores[top]):.6g})")
         print(f"report: {os.path.join(os.path.abspath(FLAGS.workdir), REPORT_FILE)}")
-        return
+
+
+def fit():
     if FLAGS.config is None:
         raise ValueError("--config is required to fit; give a config file such as "
                          "configs/default.py")

@@ -1,10 +1,23 @@
 """The command-line boundary: bad input becomes one line on stderr and exit code 2, never a
 traceback. `parse_flags` (given to `app.run`) turns flag and config-override errors into one line
-naming the flag; `run_or_exit` does the same for errors raised by the run."""
+naming the flag; `run_or_exit` does the same for errors raised by the run, and makes SIGTERM and
+Ctrl-C end the run promptly with one line (exit codes 143 and 130).
+
+A run stopped that way unwinds like a failed one (staging folders removed, the lock released,
+finished categories and sweep points kept). When the signal arrives while the main thread is
+inside a long native call (an XLA computation), Python cannot unwind until the call returns; a
+watcher thread, woken by the signal through `signal.set_wakeup_fd`, then ends the process after
+`GRACE_S` seconds, leaving only what a SIGKILL leaves: a staging folder named by a dead pid,
+which the next run removes.
+"""
+import contextlib
 import difflib
 import importlib.util
 import os
+import signal
+import socket
 import sys
+import threading
 
 from absl import flags
 
@@ -83,14 +96,76 @@ def parse_flags(argv):
         fail(unknown_override(argv) or f"cannot load the config: {_one_line(e)[:300]}")
 
 
+GRACE_S = 3.0  # seconds a stopped run may take to unwind before it is ended at once
+_STOPPED = {signal.SIGTERM: ("terminated", 143), signal.SIGINT: ("interrupted", 130)}
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM (a BaseException: `except Exception` lets it by)."""
+
+
+def _stopped_line(what: str) -> str:
+    return f"{what}; finished results are kept, rerun to continue"
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def stop_promptly(grace_s: float = GRACE_S):
+    """For the block: SIGTERM raises Terminated in the main thread, and a SIGTERM or SIGINT
+    that the main thread does not act on within `grace_s` (it is inside native code) ends the
+    process with the one line and its exit code. Outside the main thread: nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    finished = threading.Event()
+
+    def watch():
+        while True:
+            got = wake_r.recv(64)  # a byte per signal: its number
+            if not got or finished.is_set():
+                return
+            for signum in got:
+                if signum in _STOPPED and not finished.wait(grace_s):
+                    what, code = _STOPPED[signum]
+                    print(_stopped_line(what), file=sys.stderr, flush=True)
+                    os._exit(code)
+
+    previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    watcher = threading.Thread(target=watch, name="stop-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        signal.signal(signal.SIGTERM, previous_handler)
+        signal.set_wakeup_fd(previous_fd)
+        wake_w.close()  # the watcher's recv returns b"": it ends
+        watcher.join(1.0)
+        wake_r.close()
+
+
 def run_or_exit(fn, *args, **kwargs):
     """Calls fn; bad input (ValueError, OSError such as a missing file or an unwritable folder,
     ImportError) is printed as one line `error: ...` and the process exits with code 2;
-    Ctrl-C exits with 130 without a traceback."""
+    SIGTERM exits with 143 and Ctrl-C with 130, promptly, with one line and no traceback."""
+    with stop_promptly():
+        return _run_or_fail(fn, *args, **kwargs)
+
+
+def _run_or_fail(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
+    except Terminated:
+        print(_stopped_line("terminated"), file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
-        print("interrupted; finished results are kept, rerun to continue", file=sys.stderr)
+        print(_stopped_line("interrupted"), file=sys.stderr)
         sys.exit(130)
     except OSError as e:
         if e.filename and e.strerror:  # raised by the OS: name the path and what went wrong

@@ -247,10 +247,12 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> Dict[st
         validation.check_split(splits[category], category)
     records = {c: provenance.record(config, s.train + s.test) for c, s in splits.items()}
     run = rundir.RunDir(workdir)
-    stale = run.conflicts(next(iter(records.values())), categories, overwrite)
+    run.conflicts(next(iter(records.values())), categories, overwrite)  # refuse before the lock
     title = run_title(config, method)
     compilation.enable_persistent_cache(config.runtime)  # before the first compile
     with run.transaction():
+        # Again under the lock: a fit that finished meanwhile may have left other results.
+        stale = run.conflicts(next(iter(records.values())), categories, overwrite)
         extractor = extractor_for(config, method)
         for i, category in enumerate(categories):
             start = time.time()

@@ -6,7 +6,9 @@
     DIR/<method>/<category>/    resumable training state of methods that train (FYD)
 
 A category is computed in a staging folder (DIR/.staging-<pid>/) and moved into place whole when
-it succeeds; a run that fails leaves the workdir as it was (and removes it if the run made it).
+it succeeds; a run that fails leaves the workdir as it was (and removes it if the run made it),
+and a run that is killed leaves only its staging folder, which the next run removes. A fit holds
+DIR/.lock (io/lock.py) for its whole run: a second fit on the same DIR refuses with one line.
 Every category on disk comes from one config: a run whose config differs from the results already
 in DIR refuses to start, or with `overwrite` replaces them.
 """
@@ -18,6 +20,7 @@ import shutil
 from typing import Dict, List
 
 from softpatch_jax.io.files import remove_path, staged_dir
+from softpatch_jax.io.lock import workdir_lock
 from softpatch_jax.pipeline import provenance
 
 CATEGORIES = "categories"
@@ -86,23 +89,24 @@ class RunDir:
 
     @contextlib.contextmanager
     def transaction(self):
-        """Creates the staging folder; removes it at the end, and on failure also the workdir
+        """Takes the workdir's lock (one fit at a time: a second refuses with one line) and
+        creates the staging folder; removes both at the end, and on failure also the workdir
         if this run made it and nothing else is in it."""
         made = not os.path.exists(self.workdir)
         os.makedirs(self.workdir, exist_ok=True)
-        for name in os.listdir(self.workdir):  # left by a killed run
-            pid = name[len(".staging-"):]
-            if name.startswith(".staging-") and pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(os.path.join(self.workdir, name), ignore_errors=True)
-        self._staging = os.path.join(self.workdir, f".staging-{os.getpid()}")
-        os.makedirs(self._staging, exist_ok=True)
         ok = False
         try:
-            yield self
-            ok = True
+            with workdir_lock(self.workdir, "fit"):
+                remove_dead_staging(self.workdir)
+                self._staging = os.path.join(self.workdir, f".staging-{os.getpid()}")
+                os.makedirs(self._staging, exist_ok=True)
+                try:
+                    yield self
+                    ok = True
+                finally:
+                    shutil.rmtree(self._staging, ignore_errors=True)
+                    self._staging = ""
         finally:
-            shutil.rmtree(self._staging, ignore_errors=True)
-            self._staging = ""
             if not ok and made:
                 _remove_empty_tree(self.workdir)
 
@@ -114,6 +118,27 @@ class RunDir:
         for p in paths:
             logging.warning("removing %s (results of another run; --overwrite)", p)
             remove_path(p)
+
+
+def remove_dead_staging(workdir: str) -> None:
+    """Cleans up after runs that were killed (named by the pid of a process that is no longer
+    running): removes their staging folders, and puts back a category folder caught between
+    the two renames of `files.replace_dir` (`categories/.old-<category>-<pid>`) when no new one
+    took its place, so a kill loses no finished category."""
+    for name in os.listdir(workdir):
+        pid = name[len(".staging-"):]
+        if name.startswith(".staging-") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+    root = os.path.join(workdir, CATEGORIES)
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        category, _, pid = name[len(".old-"):].rpartition("-")
+        if not (name.startswith(".old-") and category and pid.isdigit()) or _alive(int(pid)):
+            continue
+        if os.path.lexists(os.path.join(root, category)):
+            remove_path(os.path.join(root, name))
+        else:
+            logging.warning("restoring %s, left half-replaced by a killed run", category)
+            os.rename(os.path.join(root, name), os.path.join(root, category))
 
 
 def _remove_empty_tree(path: str) -> None:

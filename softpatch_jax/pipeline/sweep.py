@@ -22,7 +22,8 @@ from softpatch_jax import data, methods
 from softpatch_jax.features.cache import FeatureCache, config_key
 from softpatch_jax.io import html_report, plots, report
 from softpatch_jax.io.files import atomic_path, fingerprint, staged_dir, write_json
-from softpatch_jax.pipeline import compilation, console, evaluate, provenance, validation
+from softpatch_jax.io.lock import workdir_lock
+from softpatch_jax.pipeline import compilation, console, evaluate, provenance, rundir, validation
 from softpatch_jax.settings import comma_list
 
 
@@ -269,6 +270,12 @@ def run_sweep(config, workdir, overwrite: bool = False, shard: str = "0/1"):
         raise ValueError(f"sweep.batch_points={batch} must be >= 1")
     os.makedirs(workdir, exist_ok=True)
     compilation.enable_persistent_cache(config.runtime)
+    with workdir_lock(workdir, "sweep", shared=True):  # shards share it; a fit refuses
+        rundir.remove_dead_staging(workdir)
+        return _run_planned(config, workdir, todo, stale, batch)
+
+
+def _run_planned(config, workdir, todo, stale, batch):
     for path in stale:
         logging.warning("removing %s (a point of another config; --overwrite)", path)
         shutil.rmtree(path)
