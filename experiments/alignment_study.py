@@ -34,7 +34,8 @@ from ml_collections import config_flags
 
 from softpatch_jax.io import report
 from softpatch_jax.io.files import atomic_path, write_json
-from softpatch_jax.pipeline import cli, provenance
+from softpatch_jax import defaults
+from softpatch_jax.pipeline import cli, provenance, validation
 from softpatch_jax.settings import comma_list
 
 FLAGS = flags.FLAGS
@@ -94,6 +95,8 @@ def sweeps(config, root: str) -> List[Tuple[str, str, object]]:
             c.sweep.ratios = ",".join(f"{r:g}" for r in ratios)
             c.sweep.modes = mode
             c.sweep.discriminators = entries
+            for field in set(c.sweep.keys()) - set(defaults.sweep_section().keys()):
+                del c.sweep[field]  # the study's own fields: the sweep driver reads none
             out.append((name, os.path.join(root, name), c))
     return out
 
@@ -467,10 +470,25 @@ def write_study(config, root: str) -> str:
     return path
 
 
+def check_study_fields(config) -> None:
+    """A misspelt field in a study config is one line: the study's fields are those of
+    configs/sweeps/alignment.py (the run and sweep fields, and the study's own)."""
+    from configs.sweeps import alignment
+
+    schema = alignment.get_config()
+    if "sweep" in config and "data" in config.sweep:  # a dataset of one's own: its data.* fields
+        template = next(iter(schema.sweep.data.values()))
+        for name in config.sweep.data.keys():
+            if name not in schema.sweep.data:
+                schema.sweep.data[name] = template
+    validation.check_known_fields(config, schema)
+
+
 def run_study(config, root: str) -> str:
     """Runs every sweep of the study (resumable), rewriting study.md after each."""
     from softpatch_jax.pipeline.sweep import run_sweep
 
+    check_study_fields(config)
     plan = sweeps(config, root)  # checks the study's fields before anything is written
     config, notes = pin_config(config, root)
     for note in notes:

@@ -56,6 +56,10 @@ class Method:
     name: ClassVar[str] = ""
     # False where the features depend on the training images (FYD aligns them): not cacheable.
     cacheable_features: ClassVar[bool] = True
+    # Config fields of its own beyond softpatch_jax/defaults.py, {section: {field: default}}
+    # (e.g. {"model": {"my_radius": 2}}): without them a config setting them is refused as
+    # misspelt. The default is what from_config reads when a config lacks the field.
+    config_fields: ClassVar[Dict[str, Dict[str, Any]]] = {}
     features: FeatureSpec
 
     @classmethod

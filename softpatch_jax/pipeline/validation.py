@@ -2,11 +2,12 @@
 and the fix: the config (one check per section, then the method's own), the workdir, and each
 category's files (readable regular files, masks present and of their image's size).
 """
+import difflib
 import logging
 import math
 import os
 
-from softpatch_jax import data, methods
+from softpatch_jax import data, defaults, methods
 from softpatch_jax.data import noise
 from softpatch_jax.data.mvtec import IMAGE_EXTS
 from softpatch_jax.features import backbones
@@ -16,6 +17,43 @@ from softpatch_jax.settings import comma_list
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+def config_schema(config):
+    """The fields a config may set: softpatch_jax/defaults.py (with the sweep section when
+    `config` has one) and every registered method's `config_fields`."""
+    schema = defaults.get_config()
+    if "sweep" in config:
+        schema.sweep = defaults.sweep_section()
+    for name in methods.names():
+        for section, fields in methods.get(name).config_fields.items():
+            if section not in schema:
+                schema[section] = {}
+            schema[section].update(fields)
+    return schema
+
+
+def check_known_fields(config, schema=None, prefix: str = "") -> None:
+    """Every field `config` sets exists in `schema` (default: `config_schema`): a misspelt one,
+    set in a config file or on the command line, is one line naming it and the closest real
+    field. Fields the config lacks are not checked (the code reads their defaults)."""
+    schema = config_schema(config) if schema is None else schema
+    known = list(schema.keys())
+    for key in config.keys():
+        where = f"{prefix}{key}"
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            fields = (f"did you mean {prefix}{close[0]}?" if close else
+                      f"the fields of {prefix[:-1] or 'the config'}: {', '.join(sorted(known))}")
+            raise ValueError(f"config field {where} does not exist; {fields} "
+                             "(softpatch_jax/defaults.py says what each field does)")
+        value, expected = config[key], schema[key]
+        if hasattr(value, "keys") and hasattr(expected, "keys"):
+            check_known_fields(value, expected, f"{where}.")
+        elif hasattr(value, "keys") != hasattr(expected, "keys"):
+            kind = "a section" if hasattr(expected, "keys") else "a value"
+            raise ValueError(f"config field {where} must be {kind}, as in "
+                             "softpatch_jax/defaults.py")
 
 
 def check_data(d) -> None:
@@ -67,6 +105,7 @@ def check_runtime(r) -> None:
 
 def check_config(config) -> methods.Method:
     """Checks every section of a run config -> the method it selects."""
+    check_known_fields(config)
     check_data(config.data)
     check_noise(config.noise)
     check_model(config.model)

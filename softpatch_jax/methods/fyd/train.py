@@ -34,7 +34,7 @@ STATE_VERSION = 2  # 2: a flax TrainState (step, epoch); older checkpoints start
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """`config.fyd`, checked (see configs/default.py for what each field does)."""
+    """`config.fyd`, checked (see softpatch_jax/defaults.py for what each field does)."""
     epochs: int
     batch_size: int
     optimizer: str

@@ -1,0 +1,132 @@
+"""Every config field, its default and what it does: the default job (SoftPatch-LOF on the ELPV
+solar cells, mono and poly, 10% noise, EfficientNet-Lite0) and the sweep section.
+
+`get_config()` is the schema too: a config given to a fit or a sweep may set only the fields
+defined here (and those a registered method declares in `Method.config_fields`);
+`pipeline/validation.check_known_fields` names a misspelt one, with the closest real field,
+wherever it was set (a config file or the command line). configs/*.py start from these.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "elpv"             # elpv | mvtec | visa | btad | folder
+    config.data.root = ""                 # elpv: '' = the elpv-dataset package's files
+    config.data.source = "folder"         # folder | tfds (mvtec, visa, btad builders)
+    config.data.tfds_dir = ""             # TFDS data_dir ('' = TFDS's default)
+    config.data.category = "all"          # one name, a comma list, or all
+    config.data.resize = 256
+    config.data.image_size = 224
+    config.data.batch_size = 16
+    config.data.train_fraction = 0.5      # datasets without a split (ELPV): normals used to train
+    config.data.max_train = 100           # cap on clean training images (0 = all), seeded draw
+    config.data.max_test = 200            # cap on test images (0 = all), seeded, stratified
+
+    config.noise = ml_collections.ConfigDict()
+    config.noise.ratio = 0.1
+    config.noise.overlap = False
+    config.noise.mode = ""                # no_overlap | overlap | overlap_repeat; '' = from overlap
+    config.noise.fold = 0                 # selects an independent draw of the noise
+    config.noise.files = ""               # comma list of test sample names, overrides the draw
+
+    config.model = ml_collections.ConfigDict()
+    config.model.backbone = "efficientnet_lite0"
+    config.model.weights = ""             # '' = packaged ImageNet weights, 'random', or a .pth path
+    config.model.layers = "stage3,stage5"  # taps: stride-8 and stride-16 stage ends
+    config.model.dtype = "float32"        # backbone compute dtype: float32 | bfloat16
+    config.model.method = "softpatch"     # softpatch | softpatch_plus | patchcore | padim | fyd
+    config.model.discriminator = "lof"    # softpatch: none (PatchCore) | nearest | gaussian | lof
+    config.model.threshold = 0.15
+    config.model.lof_k = 6
+    # Discriminator groups: position | neighbourhood | global, or '' for the method's own:
+    # softpatch position (the official code's), softpatch_plus auto (the alignment study's).
+    config.model.grouping = ""
+    config.model.group_radius = 2         # neighbourhood: Chebyshev window radius in patches
+    config.model.coreset_ratio = 0.1
+    config.model.soft_weight = True
+    config.model.embed_dim = 1024
+    config.model.patch_size = 3
+    config.model.projection_dim = 128
+    config.model.num_starts = 10
+    config.model.blur_sigma = 4.0
+    config.model.num_nn = 1               # nearest neighbours averaged per patch score
+    config.model.reweight_neighbours = 0  # PatchCore image-score reweighting (paper: 9); 0 = off
+    # SoftPatch+ (secondary sources; see README): fusion and the two banks' removal ratios.
+    config.model.fusion = "lof,gaussian"
+    config.model.fusion_rule = "mean"     # mean | max | weighted of the rank-normalised scores
+    config.model.fusion_weights = ""      # fusion_rule=weighted: one per fusion entry, e.g. 0.7,0.3
+    config.model.rank_norm = "global"     # ranks among all patches | position: per position's B
+    config.model.soft_source = "first"    # soft weights: first (its raw scores)|fused|lof|none
+    config.model.shared_projection = True  # one coreset projection for both banks (False: each own)
+    config.model.cls_threshold = 0.15     # classification bank (image scores)
+    config.model.seg_threshold = 0.5      # segmentation bank (anomaly maps)
+    # PaDiM: random channels of the first three levels (EfficientNet-Lite: stride 4, 8, 16).
+    config.model.padim_layers = "stage2,stage3,stage4"
+    config.model.padim_dim = 0            # 0 = the PaDiM paper's for the backbone (100; ResNet-50s: 550)
+
+    # FYD (model.method=fyd): alignment trained on the training images, then PaDiM on the aligned
+    # maps of model.padim_layers. Choices beyond METHOD.md are ours (README, "FYD").
+    config.fyd = ml_collections.ConfigDict()
+    config.fyd.epochs = 6
+    config.fyd.batch_size = 16
+    config.fyd.optimizer = "adam"         # adam | adamw | sgd
+    config.fyd.learning_rate = 1e-3
+    config.fyd.schedule = "cosine"        # cosine | constant (both after a linear warm-up)
+    config.fyd.warmup_steps = 10
+    config.fyd.weight_decay = 1e-4        # adamw
+    config.fyd.momentum = 0.9             # sgd
+    config.fyd.align_images = True        # image-level spatial transformer
+    config.fyd.align_features = True      # a spatial transformer after each tapped stage
+    config.fyd.transform = "similarity"   # affine | similarity | rotation_scale | translation
+    config.fyd.feature_transform = "similarity"
+    config.fyd.padding = "zeros"          # image warp outside the frame: zeros | border
+    config.fyd.max_scale = 1.25           # warp bounds (the guard against degenerate warps)
+    config.fyd.max_rotation = 30.0        # degrees
+    config.fyd.max_translation = 0.2      # fraction of the image size
+    config.fyd.max_shear = 0.2            # affine: bound on the offsets from the identity
+    config.fyd.image_weight = 1.0         # weight of the pixel loss (it trains the image warp only)
+    config.fyd.pixel_factor = 4           # pixel loss on images downsampled by this (smoother)
+    config.fyd.centre_weight = 10.0       # holds each warp's batch mean at the identity
+    config.fyd.proj_dim = 256
+    config.fyd.pred_dim = 64
+    config.fyd.checkpoint_every = 1       # epochs
+
+    # The training-set audit (which training images are defective) and the label-free decision
+    # thresholds (pipeline/decisions.py); no test label is read for either.
+    config.audit = ml_collections.ConfigDict()
+    config.audit.enabled = True
+    config.audit.score = "left_out"       # left_out (its left-out anomaly score) | quantile | max |
+    #                                       mean | removed_share (of its denoising's patch scores)
+    config.audit.quantile = 0.9           # audit.score=quantile: this quantile of its patch scores
+    config.audit.contamination = "auto"   # share flagged as defective, or auto (modified z > 3.5)
+    config.audit.lof_pass = True          # patch-score rules without a discriminator: a LOF pass
+
+    config.threshold = ml_collections.ConfigDict()
+    config.threshold.source = "auto"      # auto | leave_one_out | kfold | none
+    config.threshold.folds = 5            # kfold (and auto where leave-one-out has no form)
+    config.threshold.false_reject = 0.01  # image threshold: this share of normal images rejected
+    config.threshold.pixel_false_reject = 0.01  # pixel threshold: share of normal pixels
+
+    config.runtime = ml_collections.ConfigDict()
+    config.runtime.memory_budget_mb = 1024
+    config.runtime.multi_device = True    # >1 device: data-parallel extraction, sharded bank
+    config.runtime.exact_pruning = True   # pruned coreset and 1-NN (same results; False: dense)
+    config.runtime.distributed = False    # multi-host: call jax.distributed.initialize()
+    config.runtime.cache_dir = ""         # converted weights; '' = ~/.cache/softpatch_jax
+    config.runtime.compilation_cache = True  # keep compiled XLA programs in <cache_dir>/xla
+    return config
+
+
+def sweep_section() -> ml_collections.ConfigDict:
+    """`config.sweep` of the sweep driver (experiments/sweep.py, pipeline/sweep.py)."""
+    sweep = ml_collections.ConfigDict()
+    sweep.ratios = "0,0.05,0.1,0.2"           # comma list of noise.ratio values
+    sweep.discriminators = "none,nearest,gaussian,lof"  # or any method name (methods.names())
+    sweep.modes = "no_overlap"                 # comma list of noise.mode values
+    sweep.overlays = True                      # anomaly-map overlays per point
+    sweep.batch_points = 1                     # points run at once, coresets batched
+    return sweep
