@@ -13,6 +13,7 @@ which the next run removes.
 import contextlib
 import difflib
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -150,6 +151,17 @@ def stop_promptly(grace_s: float = GRACE_S):
         wake_r.close()
 
 
+def _end_now(what: str, code: int):
+    """Ends a stopped run once its `finally` blocks have run (staging removed, lock released):
+    without interpreter finalisation, which can crash while XLA's threads are still busy with
+    the computation the signal interrupted (seen as a segfault after the line)."""
+    print(_stopped_line(what), file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_or_exit(fn, *args, **kwargs):
     """Calls fn; bad input (ValueError, OSError such as a missing file or an unwritable folder,
     ImportError) is printed as one line `error: ...` and the process exits with code 2;
@@ -162,11 +174,9 @@ def _run_or_fail(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except Terminated:
-        print(_stopped_line("terminated"), file=sys.stderr)
-        sys.exit(143)
+        _end_now("terminated", 143)
     except KeyboardInterrupt:
-        print(_stopped_line("interrupted"), file=sys.stderr)
-        sys.exit(130)
+        _end_now("interrupted", 130)
     except OSError as e:
         if e.filename and e.strerror:  # raised by the OS: name the path and what went wrong
             fail(f"{e.strerror}: {e.filename!r}; check the path and its permissions")

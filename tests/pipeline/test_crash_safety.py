@@ -254,20 +254,66 @@ def test_sweep_shards_run_together_on_one_folder(data_root, cache_dir, tmp_path)
     c.audit.enabled, c.threshold.source = False, "none"
     c.runtime.cache_dir = cache_dir
     workdir = tmp_path / "sweep"
-    other = subprocess.Popen(
-        [sys.executable, "-m", "experiments.sweep", "--config=configs/sweeps/noise.py",
-         f"--workdir={workdir}", "--shard=1/2", f"--config.data.root={data_root}",
-         "--config.data.category=alpha", "--config.data.resize=32",
-         "--config.data.image_size=32", "--config.data.batch_size=8",
-         "--config.sweep.ratios=0,0.1", "--config.sweep.discriminators=none,lof",
-         "--config.sweep.overlays=False", "--config.audit.enabled=False",
-         "--config.threshold.source=none", f"--config.runtime.cache_dir={cache_dir}"],
-        cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    other = subprocess.Popen(_sweep_args(data_root, workdir, cache_dir, "--shard=1/2"),
+                             cwd=REPO, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
     sweep.run_sweep(c, str(workdir), shard="0/2")
     _, err = other.communicate(timeout=300)
     assert other.returncode == 0, err[-2000:]
     assert len(sweep.finished_points(str(workdir))) == 4
     assert not os.path.exists(workdir / lock.LOCK_FILE)
+
+
+def _sweep_args(data_root, workdir, cache_dir, *extra):
+    return [sys.executable, "-m", "experiments.sweep", "--config=configs/sweeps/noise.py",
+            f"--workdir={workdir}", f"--config.data.root={data_root}",
+            "--config.data.category=alpha", "--config.data.resize=32",
+            "--config.data.image_size=32", "--config.data.batch_size=8",
+            "--config.sweep.ratios=0,0.1", "--config.sweep.discriminators=none,lof",
+            "--config.sweep.overlays=False", "--config.audit.enabled=False",
+            "--config.threshold.source=none", f"--config.runtime.cache_dir={cache_dir}"
+            ] + list(extra)
+
+
+def _points(workdir):
+    """{point: metrics without timings} of a sweep folder."""
+    return {(r["category"], r["mode"], r["ratio"], r["method"]):
+            {k: v for k, v in r.items() if k != "seconds" and not k.startswith("seconds_")
+             and k not in ("stage_seconds", "compiles", "compile_cache_hits")}
+            for r in sweep.finished_points(str(workdir))}
+
+
+def test_a_sweep_killed_at_any_moment_resumes_to_the_uninterrupted_results(
+        data_root, cache_dir, tmp_path):
+    clean = subprocess.run(_sweep_args(data_root, tmp_path / "clean", cache_dir), cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    reference = _points(tmp_path / "clean")
+    assert len(reference) == 4
+    workdir = tmp_path / "w"
+    for signum, delay in ((signal.SIGKILL, 0.5), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0)):
+        proc = subprocess.Popen(_sweep_args(data_root, workdir, cache_dir), cwd=REPO, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        mine = f".staging-{proc.pid}"  # a killed run's staging stays until the next run starts
+        while not (os.path.isdir(workdir) and mine in os.listdir(workdir)):
+            assert proc.poll() is None and time.time() < deadline, "the sweep never started"
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:
+            break
+        if signum == signal.SIGTERM:
+            assert proc.returncode == 143 and "Traceback" not in err
+            assert err.strip().splitlines()[-1] == f"terminated; {STOPPED}"
+        found = _points(workdir)  # every point that survived is whole and right
+        assert {k: reference[k] for k in found} == found
+    rerun = subprocess.run(_sweep_args(data_root, workdir, cache_dir), cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert _points(workdir) == reference
+    assert not [n for n in os.listdir(workdir) if n.startswith((".staging-", ".lock"))]
 
 
 def test_a_category_caught_between_two_renames_is_restored(tmp_path):
