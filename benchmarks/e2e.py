@@ -24,9 +24,9 @@ instead of compiling (its `compiles` should be 0). SoftPatch+ runs in screw_size
 after the two LOF runs: `first` (the shared programs, e.g. the backbone's, already cached; its
 own ones compiled) and then `warm`, the run its fit is compared with LOF's warm fit.
 
-Columns: seconds per stage (softpatch_jax.timing.STAGES; `other` sums alignment, fit, audit,
-checkpoint and report_assets), `fit+cal` = features_train + alignment + discriminator + coreset
-+ fit + calibration + audit, `predict` = checkpoint + features_test + scoring + metrics +
+Columns: seconds per stage (softpatch_jax.timing.STAGES; `other` sums image_check, alignment,
+fit, audit, checkpoint and report_assets), `fit+cal` = image_check + features_train + alignment
++ discriminator + coreset + fit + calibration + audit, `predict` = checkpoint + features_test + scoring + metrics +
 report_assets, the compiler's seconds and compile count (persistent-cache hits in brackets), the
 category's wall time, the process's wall time, image AUROC. The issue's targets (full sizes; the
 fit and predict targets judged on the warm runs) follow the table. `--quick` caps every problem
@@ -54,8 +54,8 @@ OFFICIAL_TRANSISTOR = {"fit_s": 480.0, "predict_s": 20.0, "image_auroc": 0.9877}
 
 COLUMNS = ("features_train", "discriminator", "coreset", "calibration", "features_test",
            "scoring", "metrics")
-FIT_STAGES = ("alignment", "features_train", "discriminator", "coreset", "fit", "calibration",
-              "audit")
+FIT_STAGES = ("image_check", "alignment", "features_train", "discriminator", "coreset", "fit",
+              "calibration", "audit")
 PREDICT_STAGES = ("checkpoint", "features_test", "scoring", "metrics", "report_assets")
 # Stages every SoftPatch run with the default settings (calibration and audit on) records.
 EXPECTED = ("features_train", "discriminator", "coreset", "calibration", "audit", "checkpoint",
@@ -291,5 +291,5 @@ def _main(quick: bool, tmp: str, backbone: str) -> None:
                 print_rows("screw_sized SoftPatch+", run, out)
     print("\ncold: a fresh cache dir holding only the converted weights; warm: a second process "
           "with the same cache dir. SoftPatch+ `first`: screw_sized's cache dir after the LOF "
-          "runs. other = alignment + fit + audit + checkpoint + report_assets.")
+          "runs. other = image_check + alignment + fit + audit + checkpoint + report_assets.")
     print_targets(runs, quick, transistor_skip)

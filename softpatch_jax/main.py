@@ -26,7 +26,8 @@ config_flags.DEFINE_config_file("config", None, "Path to an ml_collections confi
 flags.DEFINE_enum("mode", "fit", ["fit", "predict", "export"], "fit: fit and evaluate; "
                   "predict: score --images with the models fitted in --workdir; export: write "
                   "each fitted model as a standalone scorer to --workdir/export/<category>/.")
-flags.DEFINE_list("images", [], "Predict mode: image files, folders and globs to score.")
+flags.DEFINE_string("images", "", "Predict mode: image files, folders, globs and list files "
+                    "to score, comma-separated (a name that holds a comma is kept whole).")
 flags.DEFINE_string("category", "", "Predict and export modes: the fitted category to use "
                     "('' = all).")
 flags.DEFINE_integer("export_batch", exporter.DEFAULT_BATCH, "Export mode: images per call of "
@@ -58,7 +59,8 @@ def use_fitted():
         return
     if FLAGS.mode == "predict":
         for cat, (names, scores) in predict.predict_images(
-                FLAGS.workdir, FLAGS.images, FLAGS.category, threshold=FLAGS.threshold).items():
+                FLAGS.workdir, predict.split_images(FLAGS.images), FLAGS.category,
+                threshold=FLAGS.threshold).items():
             top = int(scores.argmax())
             verdicts = predict.verdict_counts(FLAGS.workdir, cat)
             print(f"{cat}: {len(names)} images scored{verdicts} -> "

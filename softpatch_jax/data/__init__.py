@@ -3,10 +3,13 @@
 data.name: mvtec | visa (raw or prepared layout, detected) | btad | elpv | folder (own images).
 data.source: folder (read files) | tfds (read the tensorflow-datasets builders; mvtec/visa/btad).
 """
+import concurrent.futures
 import os
-from typing import List
+from typing import List, Tuple
 
-from softpatch_jax.data import elpv, mvtec
+from tqdm.auto import tqdm
+
+from softpatch_jax.data import elpv, mvtec, preprocess
 from softpatch_jax.data.samples import Category, Sample
 from softpatch_jax.settings import comma_list
 
@@ -72,4 +75,24 @@ def load_category(data_config, category: str, seed: int) -> Category:
     raise ValueError(f"unknown dataset data.name={name!r}; choose one of {', '.join(DATASETS)}")
 
 
-__all__ = ["Category", "Sample", "category_names", "load_category", "DATASETS"]
+def leave_out_unreadable(category: Category, workers: int = 4
+                         ) -> Tuple[Category, List[Tuple[str, str]]]:
+    """The category without the samples whose image or mask cannot be used (damaged, empty, not
+    an image, a mask of another size: `preprocess.sample_problem`), and [(sample name, why)] of
+    those left out, in name order. One policy for fit and predict: a file that exists but cannot
+    be read is left out and listed; one that does not exist still raises (a wrong path)."""
+    samples = list({s.name: s for s in category.train + category.test}.values())
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # decoders release the GIL
+        problems = list(tqdm(pool.map(preprocess.sample_problem, samples), total=len(samples),
+                             desc=f"{category.name}: checking images", leave=False,
+                             disable=len(samples) < 200))
+    bad = {s.name: why for s, why in zip(samples, problems) if why}
+    if not bad:
+        return category, []
+    kept = Category(category.name, [s for s in category.train if s.name not in bad],
+                    [s for s in category.test if s.name not in bad])
+    return kept, sorted(bad.items())
+
+
+__all__ = ["Category", "Sample", "category_names", "load_category", "leave_out_unreadable",
+           "DATASETS"]

@@ -14,7 +14,7 @@ with a generator seeded by (seed, category, fold), or given explicitly as sample
 """
 import dataclasses
 import zlib
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -30,6 +30,10 @@ class NoisySplit:
     train: List[Sample]       # clean training images followed by the injected ones
     test: List[Sample]
     injected: List[Sample]    # with `augment` set on augmented repeats
+    # [(sample name, why)] of the category's files that could not be read and were left out
+    # before the noise draw, and the seconds that check took in this process (0 when reused)
+    left_out: Tuple[Tuple[str, str], ...] = ()
+    check_seconds: float = 0.0
 
 
 def category_rng(seed: int, category: str, purpose: str) -> np.random.Generator:

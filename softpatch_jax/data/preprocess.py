@@ -62,6 +62,11 @@ def _read(path: str, data: Optional[bytes], take: Callable[[Image.Image], T]) ->
             return take(img)
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path!r} does not exist") from None
+    except Image.UnidentifiedImageError:  # PIL's message names a file object, not the file
+        empty = (len(data) == 0) if data is not None else os.path.getsize(path) == 0
+        why = "the file is empty" if empty else "not an image format PIL reads"
+        raise ValueError(f"cannot read image {path!r} ({why}); replace or remove the file"
+                         ) from None
     except Exception as e:  # PIL raises several types for corrupt files
         raise ValueError(f"cannot read image {path!r} ({e}); replace or remove the file") from None
 
@@ -121,6 +126,37 @@ def image_size(path: str, data: Optional[bytes] = None) -> Tuple[int, int]:
     """(width, height) of an image file (or encoded `data`) as it reads upright; also checks
     that it is a readable image."""
     return _read(path, data, _upright_size)
+
+
+def check_image(path: str, data: Optional[bytes] = None) -> Tuple[int, int]:
+    """(width, height) as the image reads upright, after checking that the whole file decodes:
+    a JPEG at 1/8 scale (its entropy-coded data still read to the end), other formats whole
+    (reading a PNG's orientation decodes it anyway). Catches truncated files, zero bytes and
+    other files named like images. A missing file raises FileNotFoundError, an unusable one
+    ValueError naming it."""
+    def take(img: Image.Image) -> Tuple[int, int]:
+        size = _upright_size(img)  # before `draft`, which shrinks img.size
+        if img.format == "JPEG":
+            img.draft(None, (max(1, img.width // 8), max(1, img.height // 8)))
+        img.load()
+        return size
+    return _read(path, data, take)
+
+
+def sample_problem(sample) -> Optional[str]:
+    """Why a Sample cannot be used (its image or its mask unreadable, or a mask of another size
+    than its image), or None. A file that does not exist still raises FileNotFoundError."""
+    try:
+        size = check_image(sample.path, sample.image_bytes)
+        if sample.has_mask:
+            mask = sample.mask_path or sample.path + ":mask"
+            mask_size = check_image(mask, sample.mask_bytes)
+            if mask_size != size:
+                return (f"mask {mask!r} is {mask_size[0]}x{mask_size[1]} but its image is "
+                        f"{size[0]}x{size[1]}; masks must have the image's size")
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def augment(img: Image.Image, rotation_deg: float, shift_x: float, shift_y: float) -> Image.Image:

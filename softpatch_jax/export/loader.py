@@ -17,6 +17,7 @@ with zero images whose outputs are dropped.
 """
 import json
 import os
+import stat
 import sys
 
 import jax
@@ -58,11 +59,23 @@ def _resize_crop(img, resize: int, crop: int):
     return img.crop((left, top, left + crop, top + crop))
 
 
+def _require_regular(path: str) -> None:
+    """Refuses what is not a regular file by its stat alone, as the package does: opening a FIFO
+    named like an image would wait forever for a writer."""
+    mode = os.stat(path).st_mode  # a missing file: FileNotFoundError naming it
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a special file")
+        raise ValueError(f"{path!r} is not a regular file (it is {kind}); remove it or replace "
+                         "it with an image")
+
+
 def load_image(path: str, resize: int, crop: int, mean, std) -> np.ndarray:
     """An image file -> (crop, crop, 3) float32: upright by its EXIF orientation, RGB, resized
     and centre-cropped, scaled to [0, 1] and normalised by `mean` and `std` (per channel)."""
     from PIL import Image, ImageOps
 
+    _require_regular(path)
     with Image.open(path) as img:
         ImageOps.exif_transpose(img, in_place=True)
         img = _to_8bit(img).convert("RGB")

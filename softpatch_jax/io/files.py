@@ -1,12 +1,14 @@
-"""Files that are complete or absent: atomic writes, folders replaced whole, valid JSON, and the
-fingerprint of what a file depends on."""
+"""Files that are complete or absent: atomic writes, folders replaced whole, valid JSON, the
+fingerprint of what a file depends on, and folder walks that symbolic link loops cannot trap."""
 import contextlib
+import glob
 import hashlib
 import json
 import math
 import os
 import shutil
 import threading
+from typing import Iterator, List, Tuple
 
 
 @contextlib.contextmanager
@@ -83,3 +85,42 @@ def staged_dir(final: str, staging_root: str = ""):
         replace_dir(tmp, final)
     finally:
         remove_path(tmp)
+
+
+def walk_once(base: str) -> Iterator[Tuple[str, List[str]]]:
+    """(folder, sorted file names) for `base` and every folder under it, following symbolic
+    links but entering each real folder once (by device and inode), so that a link to an
+    ancestor (`up -> ..`) or to itself ends the walk instead of looping. Hidden folders are
+    skipped, as glob's `**` skips them."""
+    seen = set()
+    for folder, dirs, names in os.walk(base, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield folder, sorted(names)
+
+
+def glob_once(pattern: str) -> List[str]:
+    """glob.glob(pattern, recursive=True), except that `**` walks with `walk_once`: Python's
+    own `**` follows links into loops (two such links make it exponential)."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return sorted(glob.glob(pattern))
+    i = parts.index("**")
+    head, rest = os.sep.join(parts[:i]), os.sep.join(parts[i + 1:])
+    here = not head and not pattern.startswith(os.sep)  # `**/x`: from the current folder
+    if not head:
+        head = os.curdir if here else os.sep
+    found = []
+    for base in (glob.glob(head) if glob.has_magic(head) else [head]):
+        if not os.path.isdir(base):
+            continue
+        for folder, _ in walk_once(base):
+            if rest:
+                found += glob_once(os.path.join(glob.escape(folder), rest))
+            else:
+                found.append(folder)
+    return sorted({os.path.normpath(p) if here else p for p in found})

@@ -18,17 +18,16 @@ and table link to) or a folder holding only predictions/. Every file it reads ma
 import base64
 import csv
 import datetime
-import html
 import json
 import math
 import os
-import urllib.parse
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from softpatch_jax.io import report
 from softpatch_jax.io.files import atomic_path, write_json
+from softpatch_jax.io.text import csv_text_value, html_text, md_plain, url_path
 # result.json's `stage_seconds` are shown in run order (write_json sorts the keys); names not
 # listed follow, in the stored order.
 from softpatch_jax.timing import STAGES
@@ -215,11 +214,16 @@ def _read_json(path: str):
         return json.load(f)
 
 
+# The text columns the package's CSV writers guard against formulas (`csv_text_cell`).
+CSV_TEXT = ("name", "defect", "path", "verdict")
+
+
 def _read_csv(path: str) -> Optional[List[dict]]:
     if not os.path.isfile(path):
         return None
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: csv_text_value(v) if k in CSV_TEXT and v else v for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def _float(v) -> Optional[float]:
@@ -252,14 +256,10 @@ def _data_uri(path: str) -> Optional[str]:
         return f"data:{mime};base64,{base64.b64encode(f.read()).decode('ascii')}"
 
 
-def _href(path: str) -> str:
-    return urllib.parse.quote(path.replace(os.sep, "/"))
-
-
 # ---------------------------------------------------------------------------------------------
 # HTML pieces
 
-esc = html.escape
+esc = html_text  # text and quoted attribute values alike
 
 
 def _fmt(v) -> str:
@@ -290,7 +290,7 @@ def _metric_table(per_row: Dict[str, dict], columns, links: Dict[str, str] = Non
     links = links or {}
     rows = []
     for name, r in per_row.items():
-        cell = f'<a href="{links[name]}">{esc(name)}</a>' if name in links else esc(name)
+        cell = f'<a href="{esc(links[name])}">{esc(name)}</a>' if name in links else esc(name)
         rows.append([cell] + [_fmt(r.get(k)) for k, _ in cols])
     if mean_row and len(per_row) > 1:
         rows.append(["<b>mean</b>"] + [f"<b>{_fmt(report.mean(r.get(k) for r in per_row.values()))}</b>"
@@ -366,7 +366,7 @@ def svg_lines(series: Sequence[dict], x_label: str, y_label: str, title: str,
                 dot = (f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{s["colour"]}">'
                        + (f"<title>{esc(tip)}</title>" if tip else "") + "</circle>")
                 link = s.get("links", [None] * len(s["x"]))[i]
-                out.append(f'<a href="{link}" class="point">{dot}</a>' if link else dot)
+                out.append(f'<a href="{esc(link)}" class="point">{dot}</a>' if link else dot)
         ly = ly0 + 14 * k
         out.append(f'<rect x="{lx}" y="{ly - 5}" width="10" height="3" '
                    f'fill="{s["colour"]}"/><text x="{lx + 14}" y="{ly}" class="lg">'
@@ -515,7 +515,7 @@ def _data_row(name: str, folder: str, result: dict, link: str = "") -> list:
     scored = _scores(folder)
     test_names = set(scored[0]) if scored else set()
     overlap = sum(1 for r in injected if r.get("name") in test_names)
-    cell = f'<a href="{link}">{esc(name)}</a>' if link else esc(name)
+    cell = f'<a href="{esc(link)}">{esc(name)}</a>' if link else esc(name)
     return [cell, _fmt(result.get("n_train_clean")), _fmt(result.get("n_noise", len(injected))),
             str(overlap), _fmt(_n_normal(result)), _fmt(result.get("n_test_anomalous"))]
 
@@ -652,7 +652,7 @@ def _audit(folder: str, name: str, result: dict) -> str:
     summary += f"; {sum(flagged)} flagged."
     figures = " ".join(f"{label} <b>{_fmt(result[k])}</b>" for k, label in AUDIT
                        if _present(result.get(k)))
-    top = [[str(r.get("rank")), esc(r.get("file", "")), _fmt(_float(r.get("score"))),
+    top = [[esc(r.get("rank")), esc(r.get("file", "")), _fmt(_float(r.get("score"))),
             '<span class="tag">flagged</span>' if f else "",
             '<span class="tag bad">injected</span>' if i else ""]
            for r, f, i in list(zip(rows, flagged, injected))[:20]]
@@ -721,7 +721,7 @@ def _category_section(name: str, folder: str, result: dict, rel: str, anchor: st
                                                    per_defect.items()], "small")
                if len(per_defect) > 1 else "")
     note = f'<p class="note">{esc(result["note"])}</p>' if result.get("note") else ""
-    files = " ".join(f'<a href="{_href(os.path.join(rel, f))}">{esc(f)}</a>' for f in
+    files = " ".join(f'<a href="{esc(url_path(os.path.join(rel, f)))}">{esc(f)}</a>' for f in
                      ("result.json", "scores.csv", "noise.txt", "threshold.json",
                       f"audit_{name}.csv", "overlay.png")
                      if os.path.isfile(os.path.join(folder, f)))
@@ -765,7 +765,8 @@ def _predictions_section(workdir: str) -> str:
                             f"<small>{esc(r.get('name', ''))}</small></figcaption></figure>")
         body = [[esc(str(r.get(c, ""))) for c in cols] for r in rows[:50]]
         parts.append(f'<h3>{esc(cat)}</h3><p>{summary} (<a href="'
-                     f'{_href(os.path.join("predictions", cat, table_file))}">{table_file}</a>'
+                     f'{esc(url_path(os.path.join("predictions", cat, table_file)))}">'
+                     f'{table_file}</a>'
                      f'{"; the 50 highest shown" if len(rows) > 50 else ""}).</p>'
                      + (f'<div class="gallery">{"".join(figs)}</div>' if figs else "")
                      + _table(cols, body))
@@ -828,7 +829,7 @@ document.body.setAttribute('data-ready','1');});})();
 
 
 def _page(title: str, subtitle: str, nav: Sequence[tuple], body: Sequence[str]) -> str:
-    links = "".join(f'<a href="{href}">{esc(label)}</a>' for href, label in nav)
+    links = "".join(f'<a href="{esc(href)}">{esc(label)}</a>' for href, label in nav)
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(title)}</title><style>{STYLE}</style>{WATCH}</head><body>"
             f"<header><h1>{esc(title)}</h1><p>{subtitle}</p></header>"
@@ -857,7 +858,7 @@ def _title(workdir: str, config: Optional[dict]) -> str:
         with open(results_md) as f:
             first = f.readline().strip()
         if first.startswith("# "):
-            return first[2:]
+            return md_plain(first[2:])  # report.markdown_table escaped it
     if config:
         return f"{_get(config, 'data.name')}: {_get(config, 'model.method')}"
     return os.path.basename(os.path.abspath(workdir))
@@ -865,7 +866,7 @@ def _title(workdir: str, config: Optional[dict]) -> str:
 
 def _links(workdir: str, names: Sequence[str]) -> str:
     found = [n for n in names if os.path.isfile(os.path.join(workdir, n))]
-    return ('<p class="files">files: ' + " ".join(f'<a href="{_href(n)}">{esc(n)}</a>'
+    return ('<p class="files">files: ' + " ".join(f'<a href="{esc(url_path(n))}">{esc(n)}</a>'
                                                    for n in found) + "</p>") if found else ""
 
 
@@ -971,7 +972,7 @@ def sweep_report(workdir: str) -> str:
     pts = _sweep_points(workdir)
     for rel, result in pts:
         point_report(workdir, rel, result)
-    link = {rel: _href(os.path.join(rel, REPORT_FILE)) for rel, _ in pts}
+    link = {rel: url_path(os.path.join(rel, REPORT_FILE)) for rel, _ in pts}
     metrics = [(k, label) for k, label in QUALITY[:3]
                if any(_present(r.get(k)) for _, r in pts)]
     charts = []
@@ -1006,7 +1007,7 @@ def sweep_report(workdir: str) -> str:
     labels = dict(QUALITY)
     rows = [[esc(str(r.get("category"))), esc(str(r.get("mode"))), esc(_plain(r.get("ratio"))),
              esc(str(r.get("method")))] + [_fmt(r.get(k)) for k in cols]
-            + [_seconds(r.get("seconds")), f'<a href="{link[rel]}">report</a>']
+            + [_seconds(r.get("seconds")), f'<a href="{esc(link[rel])}">report</a>']
             for rel, r in pts]
     table = _table(["category", "mode", "ratio", "method"] + [labels[k] for k in cols]
                    + ["seconds", "point"], rows)

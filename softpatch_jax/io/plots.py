@@ -8,12 +8,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from softpatch_jax.data import preprocess  # noqa: E402
+from softpatch_jax.io.text import mpl_text  # noqa: E402
 
 
 def sweep_curves(rows: List[Dict], path: str,
                  metrics=("image_auroc", "pixel_auroc", "aupro")) -> None:
     """rows: dicts with mode, method, ratio and metric values (already averaged over categories).
-    One panel per (metric, mode), one line per method."""
+    One panel per (metric, mode), one line per method. Names from data and config go through
+    `mpl_text`: a '$' pair would be parsed as mathtext, which can raise."""
     metrics = [m for m in metrics if any(r.get(m) is not None for r in rows)]
     modes = sorted({r["mode"] for r in rows})
     fig, axes = plt.subplots(len(metrics), len(modes), figsize=(4.5 * len(modes),
@@ -27,8 +29,8 @@ def sweep_curves(rows: List[Dict], path: str,
                              if r["mode"] == mode and r["method"] == method
                              and r.get(metric) is not None)
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", label=method)
-            ax.set_title(f"{metric} ({mode})")
+                    ax.plot(*zip(*pts), marker="o", label=mpl_text(method))
+            ax.set_title(mpl_text(f"{metric} ({mode})"))
             ax.set_xlabel("noise ratio")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
@@ -45,7 +47,7 @@ def map_png(sample, amap: np.ndarray, resize: int, crop: int, path: str, vmax: f
     fig, ax = plt.subplots(figsize=(3, 3.2))
     ax.imshow(img)
     ax.imshow(amap, cmap="jet", alpha=0.45, vmin=0, vmax=vmax)
-    ax.set_title(f"{sample.name}\nscore {amap.max():.4g}", fontsize=7)
+    ax.set_title(f"{mpl_text(sample.name)}\nscore {amap.max():.4g}", fontsize=7)
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -69,10 +71,10 @@ def overlays(samples: Sequence, maps: np.ndarray, masks: np.ndarray, resize: int
         ax.imshow(maps[i], cmap="jet", alpha=0.45, vmin=lo, vmax=hi)
         if masks[i].any():
             ax.contour(masks[i], levels=[0.5], colors="white", linewidths=1.0)
-        ax.set_title(f"{s.defect}\n{maps[i].max():.3g}", fontsize=8)
+        ax.set_title(f"{mpl_text(s.defect)}\n{maps[i].max():.3g}", fontsize=8)
         ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(mpl_text(title), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -5,6 +5,7 @@ import os
 from typing import Dict, Iterable, Optional, Sequence
 
 from softpatch_jax.io.files import write_json
+from softpatch_jax.io.text import md_cell
 
 # Ranking metrics (label-using; what papers report).
 RANKING = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max",
@@ -37,10 +38,13 @@ def fmt(v) -> str:
 def table(cells: Dict[str, Dict[str, object]], columns: Sequence[str], corner: str = "category",
           mean_row: bool = True) -> list:
     """Markdown lines: one row per key of `cells` ({row: {column: value}}), a **mean** row of
-    each column's present values when `mean_row`."""
-    lines = [f"| {corner} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    each column's present values when `mean_row`. Row and column names come from data and
+    config, so each is one escaped cell (`md_cell`)."""
+    lines = [f"| {md_cell(corner)} | " + " | ".join(md_cell(c) for c in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
     for name, row in cells.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
+        lines.append(f"| {md_cell(name)} | " + " | ".join(fmt(row.get(c)) for c in columns)
+                     + " |")
     if mean_row:
         means = {c: mean(row.get(c) for row in cells.values()) for c in columns}
         lines.append("| **mean** | " + " | ".join(fmt(means[c]) for c in columns) + " |")
@@ -49,7 +53,7 @@ def table(cells: Dict[str, Dict[str, object]], columns: Sequence[str], corner: s
 
 def markdown_table(per_category: Dict[str, dict], title: str = "") -> str:
     """The ranking metrics, then (where present) the decisions without labels."""
-    lines = [f"# {title}", ""] if title else []
+    lines = [f"# {md_cell(title)}", ""] if title else []  # html_report reads it back
     for i, group in enumerate((RANKING, DECISIONS)):
         cols = [m for m in group if any(r.get(m) is not None for r in per_category.values())]
         if not cols:

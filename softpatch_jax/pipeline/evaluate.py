@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import zlib
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -21,6 +21,7 @@ from softpatch_jax.evaluation import metrics
 from softpatch_jax.features.extractor import make_extractor
 from softpatch_jax.io import checkpoint, html_report, report
 from softpatch_jax.io.files import json_safe, write_json
+from softpatch_jax.io.text import csv_text_cell
 from softpatch_jax.pipeline import (compilation, console, decisions, provenance, rundir,
                                     validation)
 from softpatch_jax.settings import comma_list
@@ -42,30 +43,62 @@ def noise_file_list(spec: str):
     return comma_list(spec)
 
 
-def prepare_split(config, category: str) -> noise.NoisySplit:
-    """Clean data of one category, capped as configured, with noise injected."""
-    cat = data.load_category(config.data, category, config.seed)
+@dataclasses.dataclass(frozen=True)
+class Readable:
+    """One category's usable samples, those left out ([(name, why)]) and the check's seconds."""
+    category: data.Category
+    left_out: Tuple[Tuple[str, str], ...]
+    seconds: float
+
+
+def readable_category(config, category: str) -> Readable:
+    """The category as its reader lists it, less the files that cannot be read (left out and
+    listed: data.leave_out_unreadable). Raises when no training image is left."""
+    start = time.perf_counter()
+    listed = data.load_category(config.data, category, config.seed)
+    cat, left_out = data.leave_out_unreadable(listed)
+    if not cat.train:
+        why = dict(left_out)[listed.train[0].name]
+        raise ValueError(f"none of the training images of category {category!r} can be read "
+                         f"(e.g. {why})")
+    return Readable(cat, tuple(left_out), time.perf_counter() - start)
+
+
+def prepare_split(config, category: str, readable: Optional[Readable] = None
+                  ) -> noise.NoisySplit:
+    """Clean data of one category (`readable`, checked here when None), capped as configured,
+    with noise injected. The noise is drawn from the readable files only."""
+    readable = readable or readable_category(config, category)
+    cat = readable.category
     train = noise.subsample(cat.train, config.data.max_train,
                             noise.category_rng(config.seed, category, "train"))
     test = noise.subsample(cat.test, config.data.max_test,
                            noise.category_rng(config.seed, category, "test"), stratify=True)
     cat = data.Category(cat.name, train, test)
     mode = noise.resolve_mode(config.noise.mode, config.noise.overlap)
-    return noise.inject_noise(cat, config.noise.ratio, mode, config.seed,
-                              noise_file_list(config.noise.files), config.noise.fold)
+    split = noise.inject_noise(cat, config.noise.ratio, mode, config.seed,
+                               noise_file_list(config.noise.files), config.noise.fold)
+    return dataclasses.replace(split, left_out=readable.left_out,
+                               check_seconds=readable.seconds)
 
 
 def record_noise(split: noise.NoisySplit, directory: str) -> None:
+    """noise.txt, noise.json and, when files were left out, unreadable.txt (name TAB why)."""
     with open(os.path.join(directory, "noise.txt"), "w") as f:
         f.writelines(s.name + "\n" for s in split.injected)
     write_json(os.path.join(directory, "noise.json"), noise.describe(split))
+    if split.left_out:
+        with open(os.path.join(directory, "unreadable.txt"), "w") as f:
+            f.writelines(f"{name}\t{why}\n" for name, why in split.left_out)
 
 
 def write_scores(path: str, samples, image_scores) -> None:
+    """scores.csv; names and defects guarded against formulas (html_report reads them back
+    through text.csv_text_value), scores as written by repr."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["name", "label", "defect", "score"])
-        w.writerows([s.name, s.label, s.defect, repr(float(v))]
+        w.writerows([csv_text_cell(s.name), s.label, csv_text_cell(s.defect), repr(float(v))]
                      for s, v in zip(samples, image_scores))
 
 
@@ -142,6 +175,7 @@ def category_metrics(split: noise.NoisySplit, scores: methods.Scores, masks=None
         "n_noise": len(split.injected),
         "n_test": len(split.test),
         "n_test_anomalous": int(labels.sum()),
+        "n_unreadable": len(split.left_out),
     }
     if masks is not None:
         result["pixel_auroc"] = metrics.pixel_auroc(masks, scores.maps())
@@ -174,6 +208,8 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
     record_noise(split, out_dir)
     d = config.data
     clock = StageClock()
+    if split.check_seconds:
+        clock.seconds["image_check"] = split.check_seconds
     fitted = fit_category(method, split, extractor, d, category_key(config.seed, category),
                           train_dir, category, settings, config.seed, clock)
     cal = fitted.calibration

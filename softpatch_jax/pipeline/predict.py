@@ -29,7 +29,8 @@ from softpatch_jax.data.mvtec import IMAGE_EXTS
 from softpatch_jax.data.samples import Sample
 from softpatch_jax.features.cache import config_key
 from softpatch_jax.io import checkpoint, html_report, plots
-from softpatch_jax.io.files import staged_dir, write_json
+from softpatch_jax.io.files import glob_once, staged_dir, walk_once, write_json
+from softpatch_jax.io.text import csv_text_cell
 from softpatch_jax.pipeline import compilation, decisions, evaluate
 from softpatch_jax.pipeline.rundir import RunDir
 
@@ -55,29 +56,53 @@ def fitted_models(workdir: str) -> Dict[str, str]:
     return models
 
 
+def split_images(flag: str) -> List[str]:
+    """--images at its commas, except where pieces joined back name an existing file or folder
+    (a name that holds a comma: `lot 7, line 2/`), the longest such join first. A piece is
+    taken as written when it exists, else without its outer spaces (`a.png, b.png`)."""
+    pieces = flag.split(",") if flag else []
+    out, i = [], 0
+    while i < len(pieces):
+        j = next((j for j in range(len(pieces), i + 1, -1)
+                  if os.path.lexists(",".join(pieces[i:j]))), i + 1)
+        piece = ",".join(pieces[i:j])
+        out.append(piece if os.path.lexists(piece) else piece.strip())
+        i = j
+    return [p for p in out if p]
+
+
 def expand_images(specs: Sequence[str]) -> List[str]:
     """Files, folders (every image file under them, sorted) and globs -> image paths."""
     paths = []
     for spec in specs:
-        if os.path.isdir(spec):
-            found = sorted(os.path.join(root, f) for root, _, files in os.walk(spec)
+        if os.path.isdir(spec):  # each real folder once: link loops end the walk
+            found = sorted(os.path.join(root, f) for root, files in walk_once(spec)
                            for f in files if f.lower().endswith(IMAGE_EXTS))
             if not found:
                 raise FileNotFoundError(f"--images: folder {spec!r} holds no images "
                                         f"({', '.join(IMAGE_EXTS)})")
         elif glob.has_magic(spec):
-            found = sorted(p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p))
+            found = [p for p in glob_once(spec) if not os.path.isdir(p)]
             if not found:
                 raise FileNotFoundError(f"--images: pattern {spec!r} matches no file")
         elif os.path.lexists(spec):
+            if not os.path.isfile(spec):  # named by the user: a wrong path
+                raise ValueError(f"--images: {spec!r} is not a regular file; remove it from the "
+                                 "list")
             found = [spec]
         else:
             raise FileNotFoundError(f"--images: {spec!r} does not exist; pass files, folders or "
                                     "globs: --images=PATH[,PATH...]")
-        for p in found:
-            if not os.path.isfile(p):
-                raise ValueError(f"--images: {p!r} is not a regular file; remove it from the "
-                                 "list")
+        # What a folder or a glob finds that is no regular file (a broken link, a link loop, a
+        # FIFO) is skipped as the fit's folder readers skip it (data/mvtec.images_in).
+        special = [p for p in found if not os.path.isfile(p)]
+        if special:
+            logging.warning("--images: skipping %d entries of %r that are not regular files "
+                            "(directories, FIFOs, sockets or broken links): %s%s", len(special),
+                            spec, ", ".join(special[:5]), ", ..." if len(special) > 5 else "")
+            found = [p for p in found if os.path.isfile(p)]
+            if not found:
+                raise FileNotFoundError(f"--images: {spec!r} holds no regular image file")
         paths += found
     if not paths:
         raise FileNotFoundError("no images given; pass --images=PATH[,PATH...] (files, folders "
@@ -138,13 +163,14 @@ def _specs(images: Sequence[str]) -> List[str]:
 
 
 def readable(paths: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """-> (the paths that open as images, [(path, why)] for those that do not)."""
+    """-> (the paths whose whole image decodes, [(path, why)] for those that do not): the fit's
+    policy (data.leave_out_unreadable), with the same check."""
     good, bad = [], []
     for p in paths:
         try:
-            preprocess.image_size(p)
+            preprocess.check_image(p)
             good.append(p)
-        except Exception as e:  # PIL raises many types for damaged files
+        except ValueError as e:
             bad.append((p, _short(e)))
     return good, bad
 
@@ -185,7 +211,10 @@ def _write_decisions(target: str, samples, scores, maps, image_threshold, pixel_
     with open(os.path.join(target, "predictions.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
-        w.writerows({**r, "score": repr(r["score"]),
+        # Text guarded against formulas (html_report reads it back through
+        # text.csv_text_value); the numbers as they are.
+        w.writerows({**r, "name": csv_text_cell(r["name"]), "path": csv_text_cell(r["path"]),
+                     "score": repr(r["score"]),
                      "anomalous_pixels": "" if r["anomalous_pixels"] is None
                      else f"{r['anomalous_pixels']:.6f}"} for r in rows)
     write_json(os.path.join(target, "predictions.json"),
@@ -204,8 +233,11 @@ def predict_images(workdir: str, images: Sequence[str], category: str = "",
     if threshold is not None and not np.isfinite(threshold):
         raise ValueError(f"--threshold={threshold} must be a finite number")
     paths, unreadable = readable(expand_images(_specs(images)))
-    for p, why in unreadable:
-        logging.warning("cannot read %s (%s); skipped", p, why)
+    if unreadable:
+        logging.warning("%d image(s) cannot be read and are left out (listed in each category's "
+                        "unreadable.txt): %s%s", len(unreadable),
+                        "; ".join(why for _, why in unreadable[:3]),
+                        "; ..." if len(unreadable) > 3 else "")
     if not paths:
         raise ValueError(f"none of the {len(unreadable)} images given could be read; see the "
                          "warnings above")

@@ -11,6 +11,7 @@ are rewritten from every finished point in DIR, so sweeps run one after another 
 per noise mode, say) share one table.
 """
 import csv
+import dataclasses
 import itertools
 import json
 import logging
@@ -23,6 +24,7 @@ from softpatch_jax.features.cache import FeatureCache, config_key
 from softpatch_jax.io import html_report, plots, report
 from softpatch_jax.io.files import atomic_path, fingerprint, staged_dir, write_json
 from softpatch_jax.io.lock import workdir_lock
+from softpatch_jax.io.text import csv_text_cell, md_cell
 from softpatch_jax.pipeline import compilation, console, evaluate, provenance, rundir, validation
 from softpatch_jax.settings import comma_list
 
@@ -69,7 +71,9 @@ def aggregate(workdir, rows):
     with atomic_path(os.path.join(workdir, "results.csv")) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        # Text cells guarded against formulas; the rows themselves go on to results.md as is.
+        w.writerows({**r, **{k: csv_text_cell(r[k]) for k in ("category", "mode", "method")
+                             if k in r}} for r in rows)
     lines, means = [], []
     for mode, ratio in sorted({(r["mode"], r["ratio"]) for r in rows}):
         sub = [r for r in rows if r["mode"] == mode and r["ratio"] == ratio]
@@ -81,7 +85,7 @@ def aggregate(workdir, rows):
                 cells[r["category"]][r["method"]] = r.get(metric)
             if all(v is None for row in cells.values() for v in row.values()):
                 continue
-            lines += [f"## {metric}, noise {ratio:g} ({mode})", ""]
+            lines += [f"## {metric}, noise {ratio:g} ({md_cell(mode)})", ""]
             lines += report.table(cells, names) + [""]
             for m in names:
                 means.append({"mode": mode, "ratio": ratio, "method": m,
@@ -160,16 +164,19 @@ def _plan(config, workdir, overwrite, shard=(0, 1)):
     the sweep, or with `overwrite` is recomputed (removed)."""
     validation.check_workdir(workdir)
     validation.check_config(config)
-    todo, stale, checked, first = [], [], set(), None
+    todo, stale, readable, first = [], [], {}, None
     for point in points(config)[shard[0]::shard[1]]:
         category, mode, ratio, entry = point
         pc = point_config(config, mode, ratio, entry)
         method = validation.check_config(pc)
-        split = evaluate.prepare_split(pc, category)
+        fresh = category not in readable  # the files are checked once per category
+        if fresh:
+            readable[category] = evaluate.readable_category(pc, category)
+        split = evaluate.prepare_split(pc, category, readable[category])
         method.check(len(split.train))
-        if category not in checked:
+        if fresh:
             validation.check_split(split, category)
-            checked.add(category)
+            readable[category] = dataclasses.replace(readable[category], seconds=0.0)  # once
         record = provenance.record(pc, split.train + split.test)
         first = first or record
         path = point_path(workdir, category, mode, ratio, entry)

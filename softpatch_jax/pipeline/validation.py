@@ -132,22 +132,14 @@ def check_workdir(workdir: str) -> None:
 
 
 def check_split(split: noise.NoisySplit, category: str) -> None:
-    """Every image and mask of a split is a readable image file and every mask has its image's
-    size (headers only: fast). Warns when the test set has a single class."""
-    from softpatch_jax.data import preprocess
-
-    seen = set()
-    for s in split.train + split.test:
-        if s.name in seen:
-            continue
-        seen.add(s.name)
-        size = preprocess.image_size(s.path, s.image_bytes)  # also refuses non-regular files
-        if s.has_mask:
-            mask_size = preprocess.image_size(s.mask_path or s.path + ":mask", s.mask_bytes)
-            if mask_size != size:
-                raise ValueError(f"mask {s.mask_path or s.name!r} is {mask_size[0]}x"
-                                 f"{mask_size[1]} but its image {s.path!r} is {size[0]}x"
-                                 f"{size[1]}; masks must have the image's size")
+    """Warns, once per category, about the files left out because they cannot be read (the
+    images were checked when the split was prepared: evaluate.readable_category) and when the
+    test set has a single class."""
+    if split.left_out:
+        shown = "; ".join(f"{name} ({why})" for name, why in split.left_out[:3])
+        logging.warning("category %s: %d file(s) cannot be read and are left out (listed in "
+                        "unreadable.txt): %s%s", category, len(split.left_out), shown,
+                        "; ..." if len(split.left_out) > 3 else "")
     note = single_class_note(split)
     if note:
         logging.warning("category %s: %s", category, note)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +30,11 @@ SIZE = 64
 BATCH = 5  # 12 test images: batches of 5, 5 and 2 (padded)
 
 
-def _config(root, cache_dir, method, **model):
+def _config(root, cache_dir, method, size=SIZE, **model):
+    """A `size`-pixel fit of `method` on widget (also test_loader_parity.py's)."""
     c = load_config("default.py")
     c.data.update(dict(name="mvtec", root=root, category="widget", max_train=0, max_test=0,
-                       resize=SIZE, image_size=SIZE, batch_size=8))
+                       resize=size, image_size=size, batch_size=8))
     c.noise.ratio, c.noise.overlap = 0.25, True
     c.model.update(dict(method=method, lof_k=5, **model))
     c.fyd.epochs, c.fyd.batch_size = 2, 4
@@ -236,6 +238,26 @@ def test_loader_reads_images_as_the_package_does(tmp_path):
     np.testing.assert_array_equal(
         loader.load_image(str(tmp_path / "f.tiff"), 40, 40, mean, std),
         preprocess.load_image(str(tmp_path / "f.tiff"), 40, 40))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_loader_refuses_special_files_as_the_package_does(tmp_path):
+    fifo = str(tmp_path / "fifo.png")
+    os.mkfifo(fifo)
+    # Opening a FIFO waits for a writer: should a reader open it, one comes after 5 s and the
+    # read fails otherwise, rather than hanging the run.
+    writer = threading.Timer(5.0, lambda: os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK)))
+    writer.start()
+    mean, std = preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD
+    readers = (lambda p: loader.load_image(p, 40, 40, mean, std),
+               lambda p: preprocess.load_image(p, 40, 40))
+    try:
+        for path, kind in ((fifo, "a FIFO"), (str(tmp_path), "a directory")):
+            for read in readers:
+                with pytest.raises(ValueError, match=f"not a regular file \\(it is {kind}\\)"):
+                    read(path)
+    finally:
+        writer.cancel()
 
 
 def test_export_errors_name_the_flag_or_file(fitted, tmp_path):
