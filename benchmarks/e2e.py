@@ -76,9 +76,10 @@ def weights_into(cache_dir: str, backbone: str) -> Optional[float]:
     reads there): copied from the default cache when it has them, else converted. -> the
     conversion's seconds, or None when copied."""
     from softpatch_jax.features.backbones import convert, default_cache_dir, packaged_weights
+    from softpatch_jax.files import file_sha256
 
     src = packaged_weights(backbone)
-    name = f"{backbone}-v{convert.CONVERSION_VERSION}-{convert.file_sha256(src)[:16]}.npz"
+    name = f"{backbone}-v{convert.CONVERSION_VERSION}-{file_sha256(src)[:16]}.npz"
     os.makedirs(cache_dir, exist_ok=True)
     known = os.path.join(default_cache_dir(), name)
     if os.path.isfile(known):

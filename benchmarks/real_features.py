@@ -39,7 +39,7 @@ def transistor(quick: bool = False) -> Optional[Tuple[np.ndarray, np.ndarray, np
     import jax
 
     from softpatch_jax import methods
-    from softpatch_jax.io.files import atomic_path
+    from softpatch_jax.files import atomic_path
     from softpatch_jax.pipeline import evaluate
 
     import configs.mvtec as mvtec_config

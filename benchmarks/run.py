@@ -105,8 +105,8 @@ def run_impl(stage, impl, size, repeats):
             m = SIZES["knn"][size]["m"]
             bank = train[np.random.default_rng(0).choice(len(train), m, replace=False)]
         if impl in ("ours", "dense"):
-            from softpatch_jax.ops import knn
-            search = knn.make_search(1024, multi_device=False, pruning=impl == "ours")
+            from softpatch_jax.ops.search import make_search
+            search = make_search(1024, multi_device=False, pruning=impl == "ours")
 
             def fn():
                 d, i = search.k_nearest(q, bank, 1)

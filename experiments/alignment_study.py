@@ -33,7 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from softpatch_jax.io import report
-from softpatch_jax.io.files import atomic_path, write_json
+from softpatch_jax.files import atomic_path, write_json
 from softpatch_jax import defaults
 from softpatch_jax.pipeline import cli, provenance, validation
 from softpatch_jax.settings import comma_list

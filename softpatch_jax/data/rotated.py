@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from softpatch_jax.data import mvtec
-from softpatch_jax.io.files import fingerprint, staged_dir, write_json
+from softpatch_jax.files import fingerprint, staged_dir, write_json
 from softpatch_jax.ops import warp
 
 MARKER = "rotation.json"

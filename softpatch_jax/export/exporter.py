@@ -38,7 +38,7 @@ from softpatch_jax.data import preprocess
 from softpatch_jax.evaluation import anomaly_map
 from softpatch_jax.features import padim as padim_features
 from softpatch_jax.features.extractor import Embedder, finest_first
-from softpatch_jax.io.files import staged_dir, write_json
+from softpatch_jax.files import staged_dir, write_json
 from softpatch_jax.methods.fyd import model as fyd_model
 from softpatch_jax.methods.fyd.method import FYD, FYDState
 from softpatch_jax.methods.padim import GaussianState

@@ -16,7 +16,7 @@ import softpatch_jax
 
 from softpatch_jax.features.backbones import convert, resolve_weights
 from softpatch_jax.features.types import Features, FeatureSpec
-from softpatch_jax.io.files import atomic_path, fingerprint
+from softpatch_jax.files import atomic_path, file_sha256, fingerprint
 
 
 def config_key(model_config, data_config, spec: FeatureSpec, seed: int) -> str:
@@ -25,7 +25,7 @@ def config_key(model_config, data_config, spec: FeatureSpec, seed: int) -> str:
     if weights == "random":
         weights = f"random:{seed}"
     elif weights:
-        weights = convert.file_sha256(weights)
+        weights = file_sha256(weights)
     fields = dict(backbone=model_config.backbone, weights=weights, layers=",".join(spec.layers),
                   padim=(spec.padim_dim, seed) if spec.padim_dim else None,
                   dtype=model_config.dtype, embed_dim=model_config.embed_dim,

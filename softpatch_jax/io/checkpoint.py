@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from softpatch_jax.features.backbones import convert
+from softpatch_jax.files import file_sha256
 
 
 def _manager(path: str, create: bool) -> ocp.CheckpointManager:
@@ -29,7 +29,7 @@ def save_model(path: str, arrays: Dict[str, np.ndarray], config: dict,
     one."""
     weights = config["model"]["weights"]
     meta = {"config": config, "grid": list(grid),
-            "weights_sha256": convert.file_sha256(weights) if weights not in ("", "random")
+            "weights_sha256": file_sha256(weights) if weights not in ("", "random")
             else weights}
     path = os.path.abspath(path)
     if _is_legacy(path):  # a pre-manager checkpoint in the way: the new one replaces it
@@ -68,7 +68,7 @@ def load_model(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     meta = restored["meta"]
     weights = meta["config"]["model"]["weights"]
     if weights not in ("", "random") and os.path.isfile(weights):
-        if convert.file_sha256(weights) != meta["weights_sha256"]:
+        if file_sha256(weights) != meta["weights_sha256"]:
             raise ValueError(f"backbone weights {weights!r} changed since the model was fitted; "
                              "refit, or restore the original weights file")
     return jax.tree.map(np.asarray, restored["bank"]), meta

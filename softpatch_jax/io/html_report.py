@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from softpatch_jax.io import report
-from softpatch_jax.io.files import atomic_path, write_json
+from softpatch_jax.files import atomic_path, write_json
 from softpatch_jax.io.text import csv_text_value, html_text, md_plain, url_path
 # result.json's `stage_seconds` are shown in run order (write_json sorts the keys); names not
 # listed follow, in the stored order.

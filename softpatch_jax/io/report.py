@@ -4,7 +4,7 @@ import math
 import os
 from typing import Dict, Iterable, Optional, Sequence
 
-from softpatch_jax.io.files import write_json
+from softpatch_jax.files import write_json
 from softpatch_jax.io.text import md_cell
 
 # Ranking metrics (label-using; what papers report).

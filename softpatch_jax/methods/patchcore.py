@@ -22,6 +22,7 @@ from softpatch_jax.methods.base import Features, FeatureSpec, Method, Scores
 from softpatch_jax.methods.registry import register
 from softpatch_jax.ops import knn, leave_out
 from softpatch_jax.ops.coreset import GreedyCoreset
+from softpatch_jax.ops.search import make_search
 from softpatch_jax.settings import comma_list
 
 
@@ -207,7 +208,7 @@ def bank_options(config) -> dict:
                 num_nn=m.num_nn, reweight_neighbours=m.reweight_neighbours,
                 image_size=config.data.image_size, blur_sigma=m.blur_sigma, budget_mb=budget,
                 sampler=GreedyCoreset(m.projection_dim, m.num_starts, budget, pruning=exact),
-                search=knn.make_search(budget, runtime.get("multi_device", True), exact))
+                search=make_search(budget, runtime.get("multi_device", True), exact))
 
 
 class PatchCore(Method):

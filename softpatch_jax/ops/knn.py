@@ -3,7 +3,7 @@
 Queries are processed in chunks sized so that one chunk's (chunk x M) distance block stays under
 the memory budget; the N x M matrix is never materialised. The search is a strategy fixed at
 construction (`BruteForce` and `PrunedSearch` here, `sharding.ShardedSearch` over a device mesh);
-`make_search` picks one.
+`ops/search.py` says what a search is and picks one.
 
 `PrunedSearch` returns exactly `BruteForce`'s indices and distances, bit for bit, usually several
 times faster on patch features: a search in the bank's leading principal axes proposes
@@ -558,14 +558,3 @@ class PrunedSearch:
         best_out[:] = b[:n]
         index_out[:] = i[:n]
         return _certified(p, b[:n, k - 1], bound[:n], zq_sq[:n], centred_sq[:n], qsq)
-
-
-def make_search(budget_mb: float = 1024, multi_device: bool = True, pruning: bool = True):
-    """The search for this process: the bank sharded over a device mesh when `multi_device` and
-    there is more than one device, else on one device the pruned exact search (`pruning`, same
-    results as brute force) or brute force."""
-    if multi_device and jax.device_count() > 1:
-        from softpatch_jax.ops import sharding
-
-        return sharding.ShardedSearch(sharding.device_mesh(), budget_mb)
-    return PrunedSearch(budget_mb) if pruning else BruteForce(budget_mb)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from softpatch_jax.evaluation import audit, metrics, pruned, thresholds
-from softpatch_jax.io.files import write_json
+from softpatch_jax.files import write_json
 from softpatch_jax.methods.base import Features, Method, Scores, TrainingNoise
 from softpatch_jax.timing import NO_CLOCK, StageClock
 

@@ -20,7 +20,7 @@ from softpatch_jax.data import noise, preprocess
 from softpatch_jax.evaluation import metrics
 from softpatch_jax.features.extractor import make_extractor
 from softpatch_jax.io import checkpoint, html_report, report
-from softpatch_jax.io.files import json_safe, write_json
+from softpatch_jax.files import json_safe, write_json
 from softpatch_jax.io.text import csv_text_cell
 from softpatch_jax.pipeline import (compilation, console, decisions, provenance, rundir,
                                     validation)

@@ -29,7 +29,7 @@ from softpatch_jax.data.mvtec import IMAGE_EXTS
 from softpatch_jax.data.samples import Sample
 from softpatch_jax.features.cache import config_key
 from softpatch_jax.io import checkpoint, html_report, plots
-from softpatch_jax.io.files import glob_once, staged_dir, walk_once, write_json
+from softpatch_jax.files import glob_once, staged_dir, walk_once, write_json
 from softpatch_jax.io.text import csv_text_cell
 from softpatch_jax.pipeline import compilation, decisions, evaluate
 from softpatch_jax.pipeline.rundir import RunDir

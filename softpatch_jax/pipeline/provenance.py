@@ -6,7 +6,7 @@ and the package version.
 from typing import Dict, List, Sequence
 
 import softpatch_jax
-from softpatch_jax.io.files import fingerprint
+from softpatch_jax.files import fingerprint
 
 # Where files go and how the work is spread: never part of a result. (data.category selects
 # which results to compute; each result is stored under its category's name.)

@@ -19,7 +19,7 @@ import os
 import shutil
 from typing import Dict, List
 
-from softpatch_jax.io.files import remove_path, staged_dir
+from softpatch_jax.files import remove_path, staged_dir
 from softpatch_jax.io.lock import workdir_lock
 from softpatch_jax.pipeline import provenance
 

@@ -22,7 +22,7 @@ import time
 from softpatch_jax import data, methods
 from softpatch_jax.features.cache import FeatureCache, config_key
 from softpatch_jax.io import html_report, plots, report
-from softpatch_jax.io.files import atomic_path, fingerprint, staged_dir, write_json
+from softpatch_jax.files import atomic_path, fingerprint, staged_dir, write_json
 from softpatch_jax.io.lock import workdir_lock
 from softpatch_jax.io.text import csv_text_cell, md_cell
 from softpatch_jax.pipeline import compilation, console, evaluate, provenance, rundir, validation

@@ -19,7 +19,7 @@ from softpatch_jax import methods
 from softpatch_jax.data import preprocess
 from softpatch_jax.export import exporter, loader
 from softpatch_jax.io import checkpoint
-from softpatch_jax.io.files import write_json
+from softpatch_jax.files import write_json
 from softpatch_jax.methods import patchcore
 from softpatch_jax.ops import knn
 from softpatch_jax.pipeline import evaluate, provenance

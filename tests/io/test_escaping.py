@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from softpatch_jax.io import html_report, report, text
-from softpatch_jax.io.files import write_json
+from softpatch_jax.files import write_json
 from softpatch_jax.pipeline import evaluate, predict, sweep
 
 from test_html_report import _point, category  # noqa: F401 (category: a fixture)

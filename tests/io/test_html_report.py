@@ -17,7 +17,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from softpatch_jax.data import preprocess, synthetic
 from softpatch_jax.data.samples import Sample
 from softpatch_jax.io import html_report
-from softpatch_jax.io.files import write_json
+from softpatch_jax.files import write_json
 
 
 # 1. Curves, picks, contours, overlays.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from softpatch_jax.ops import knn
+from softpatch_jax.ops.search import make_search
 
 from conftest import REPO
 
@@ -155,11 +156,11 @@ def test_unverified_finishing_falls_back_or_stays_close(monkeypatch):
 def test_make_search_picks_pruned_on_one_device():
     if jax.device_count() > 1:
         pytest.skip("more than one device: make_search shards the bank")
-    assert isinstance(knn.make_search(64), knn.PrunedSearch)
-    assert knn.make_search(64).budget_mb == 64
-    assert isinstance(knn.make_search(64, pruning=False), knn.BruteForce)
-    assert isinstance(knn.make_search(64, multi_device=False), knn.PrunedSearch)
-    search = knn.make_search(64)  # prunes on the CPU, brute force on accelerators
+    assert isinstance(make_search(64), knn.PrunedSearch)
+    assert make_search(64).budget_mb == 64
+    assert isinstance(make_search(64, pruning=False), knn.BruteForce)
+    assert isinstance(make_search(64, multi_device=False), knn.PrunedSearch)
+    search = make_search(64)  # prunes on the CPU, brute force on accelerators
     assert_same(search, low_rank(100, seed=14), low_rank(2100, seed=13), 1)
     assert search.last_stats["mode"] == ("pruned" if jax.default_backend() == "cpu" else "brute")
 

@@ -6,7 +6,6 @@ arrays. `cached_conversion` keeps the result as an .npz; a cache file that canno
 not fit the backbone is deleted and rebuilt from the weights file, with a warning.
 """
 import functools
-import hashlib
 import logging
 import os
 from typing import Dict, Tuple
@@ -17,7 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from softpatch_jax.features.backbones import efficientnet_lite, resnet
-from softpatch_jax.io.files import atomic_path
+from softpatch_jax.files import atomic_path, file_sha256
 
 _BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
        "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
@@ -139,14 +138,6 @@ def convert_state_dict(state_dict: Dict[str, np.ndarray], backbone: str, source:
             f"{_torch_shape(shapes[kmap[k]])}; {fix}")
     flat = {kmap[k]: np.asarray(_to_flax(v), np.float32) for k, v in sd.items()}
     return traverse_util.unflatten_dict(flat)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_cache(cache: str, backbone: str) -> dict:

@@ -22,7 +22,7 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from softpatch_jax.data import preprocess
-from softpatch_jax.io.files import atomic_path, fingerprint
+from softpatch_jax.files import atomic_path, fingerprint
 from softpatch_jax.methods.fyd import model as fyd
 from softpatch_jax.methods.fyd import stn
 from softpatch_jax.ops import warp as affine

@@ -1,5 +1,6 @@
-"""Files that are complete or absent: atomic writes, folders replaced whole, valid JSON, the
-fingerprint of what a file depends on, and folder walks that symbolic link loops cannot trap."""
+"""The ground floor of file handling, below every layer: files that are complete or absent
+(atomic writes, folders replaced whole, valid JSON), the fingerprint and hash of what a result
+depends on, and folder walks that symbolic link loops cannot trap."""
 import contextlib
 import glob
 import hashlib
@@ -24,6 +25,15 @@ def atomic_path(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB pieces (weights files are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def json_safe(obj):
