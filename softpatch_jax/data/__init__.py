@@ -1,11 +1,13 @@
-"""Dataset readers by name, and category selection (`one`, `a,b`, or `all`).
+"""Dataset readers by name (a registry: `register(Reader(...))` adds one), and category
+selection (`one`, `a,b`, or `all`).
 
 data.name: mvtec | visa (raw or prepared layout, detected) | btad | elpv | folder (own images).
 data.source: folder (read files) | tfds (read the tensorflow-datasets builders; mvtec/visa/btad).
 """
 import concurrent.futures
+import dataclasses
 import os
-from typing import List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from tqdm.auto import tqdm
 
@@ -13,37 +15,72 @@ from softpatch_jax.data import elpv, mvtec, preprocess
 from softpatch_jax.data.samples import Category, Sample
 from softpatch_jax.settings import comma_list
 
-DATASETS = ("mvtec", "visa", "btad", "elpv", "folder")
+@dataclasses.dataclass(frozen=True)
+class Reader:
+    """How one dataset (`data.name`) is read: the only place that knows its layout."""
+    name: str
+    categories: Callable[[str], List[str]]       # data.root -> the category names found there
+    load: Callable[[Any, str, int], Category]    # (data config, category, seed) -> its samples
+    tfds: bool = False                           # also served by a TFDS builder (data.source)
+
+
+_READERS: Dict[str, Reader] = {}
+
+
+def register(reader: Reader) -> Reader:
+    """Adds a dataset reader; `data.name=<reader.name>` then selects it everywhere."""
+    _READERS[reader.name] = reader
+    return reader
+
+
+def names() -> Tuple[str, ...]:
+    return tuple(_READERS)
+
+
+def get(name: str) -> Reader:
+    if name not in _READERS:
+        raise ValueError(f"unknown dataset data.name={name!r}; choose one of {', '.join(_READERS)}")
+    return _READERS[name]
 
 
 def _visa_is_raw(root: str) -> bool:
     return os.path.isdir(os.path.join(root, "split_csv"))
 
 
-def _known(name: str, root: str) -> List[str]:
-    if name == "elpv":
-        return elpv.list_categories(root)
-    if name in ("mvtec", "btad"):
-        return mvtec.list_categories(root, "mvtec")
-    if name == "visa":
-        return mvtec.list_categories(root, "visa_raw" if _visa_is_raw(root) else "mvtec")
-    if name == "folder":
-        return mvtec.list_categories(root, "folder")
-    raise ValueError(f"unknown dataset data.name={name!r}; choose one of {', '.join(DATASETS)}")
+register(Reader("elpv", elpv.list_categories,
+                lambda d, c, seed: elpv.load_category(d.root, c, seed, d.train_fraction)))
+register(Reader("mvtec", lambda root: mvtec.list_categories(root, "mvtec"),
+                lambda d, c, seed: mvtec.load_category(d.root, c), tfds=True))
+register(Reader("visa",
+                lambda root: mvtec.list_categories(root, "visa_raw" if _visa_is_raw(root)
+                                                   else "mvtec"),
+                lambda d, c, seed: (mvtec.load_visa_raw(d.root, c) if _visa_is_raw(d.root)
+                                    else mvtec.load_category(d.root, c)), tfds=True))
+register(Reader("btad", lambda root: mvtec.list_categories(root, "mvtec"),
+                lambda d, c, seed: mvtec.load_category(d.root, c, good="ok"), tfds=True))
+register(Reader("folder", lambda root: mvtec.list_categories(root, "folder"),
+                lambda d, c, seed: mvtec.load_own_folder(d.root, c, seed, d.train_fraction)))
 
 
-def _tfds_known(name: str) -> List[str]:
-    from softpatch_jax.data import tfds_builders  # imports TensorFlow: only on demand
-
-    return list({"mvtec": tfds_builders.MVTEC_CATEGORIES, "visa": tfds_builders.VISA_CATEGORIES,
-                 "btad": tfds_builders.BTAD_CATEGORIES}.get(name, ()))
+def _check_source(source: str) -> None:
+    if source not in ("folder", "tfds"):
+        raise ValueError(f"data.source={source!r} is unknown; choose folder or tfds")
 
 
 def category_names(name: str, root: str, spec: str, source: str = "folder") -> List[str]:
     """Resolves data.category into a list of category names, checking each exists."""
-    if source not in ("folder", "tfds"):
-        raise ValueError(f"data.source={source!r} is unknown; choose folder or tfds")
-    known = _tfds_known(name) if source == "tfds" else _known(name, root)
+    _check_source(source)
+    reader = get(name)
+    if source == "tfds":
+        if not reader.tfds:
+            served = ", ".join(n for n in names() if get(n).tfds)
+            raise ValueError(f"data.source=tfds serves {served}, not data.name={name!r}; use "
+                             "data.source=folder")
+        from softpatch_jax.data import tfds_builders  # imports TensorFlow: only on demand
+
+        known = list(tfds_builders.CATEGORIES.get(name, ()))
+    else:
+        known = reader.categories(root)
     if spec == "all":
         if not known:
             raise ValueError(f"no categories of dataset {name} found under data.root={root!r}")
@@ -57,22 +94,12 @@ def category_names(name: str, root: str, spec: str, source: str = "folder") -> L
 
 
 def load_category(data_config, category: str, seed: int) -> Category:
-    name, root = data_config.name, data_config.root
+    reader = get(data_config.name)
     if data_config.get("source", "folder") == "tfds":
         from softpatch_jax.data import tfds_builders
 
-        return tfds_builders.load_category(name, category, data_config.get("tfds_dir", ""))
-    if name == "elpv":
-        return elpv.load_category(root, category, seed, data_config.train_fraction)
-    if name == "btad":
-        return mvtec.load_category(root, category, good="ok")
-    if name == "visa" and _visa_is_raw(root):
-        return mvtec.load_visa_raw(root, category)
-    if name == "folder":
-        return mvtec.load_own_folder(root, category, seed, data_config.train_fraction)
-    if name in ("mvtec", "visa"):
-        return mvtec.load_category(root, category)
-    raise ValueError(f"unknown dataset data.name={name!r}; choose one of {', '.join(DATASETS)}")
+        return tfds_builders.load_category(reader.name, category, data_config.get("tfds_dir", ""))
+    return reader.load(data_config, category, seed)
 
 
 def leave_out_unreadable(category: Category, workers: int = 4
@@ -94,5 +121,5 @@ def leave_out_unreadable(category: Category, workers: int = 4
     return kept, sorted(bad.items())
 
 
-__all__ = ["Category", "Sample", "category_names", "load_category", "leave_out_unreadable",
-           "DATASETS"]
+__all__ = ["Category", "Reader", "Sample", "category_names", "get", "leave_out_unreadable",
+           "load_category", "names", "register"]

@@ -26,6 +26,7 @@ MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", 
 VISA_CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
                    "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum")
 BTAD_CATEGORIES = ("01", "02", "03")
+CATEGORIES = {"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES, "btad": BTAD_CATEGORIES}
 
 _FEATURES = dict(
     image=tfds.features.Image(shape=(None, None, 3), encoding_format="png"),

@@ -13,7 +13,7 @@ The fitted state is a `flax.struct` dataclass (a pytree) whose `to_arrays` / `fr
 flat dict of arrays that checkpoints store (stable across versions: old checkpoints load).
 """
 import dataclasses
-from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -65,6 +65,12 @@ class Method:
     @classmethod
     def from_config(cls, config) -> "Method":
         raise NotImplementedError
+
+    def with_sampler(self, wrap: Callable[[Any], Any]) -> "Method":
+        """This method with its memory-bank sampler (an ops.coreset.Sampler) replaced by
+        `wrap(sampler)`: the hook through which a sweep batches several points' coreset
+        selections. A method without a sampler returns itself."""
+        return self
 
     @property
     def label(self) -> str:

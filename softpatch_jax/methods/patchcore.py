@@ -8,6 +8,7 @@ score: mean squared distance to the `num_nn` nearest entries, times the nearest 
 where the method has them; image score = the maximum patch score, or the PatchCore paper's
 reweighting (`reweight_neighbours` > 0).
 """
+import copy
 import dataclasses
 from typing import Dict, Optional
 
@@ -21,7 +22,7 @@ from softpatch_jax.evaluation.pruned import BoundedGrids
 from softpatch_jax.methods.base import Features, FeatureSpec, Method, Scores
 from softpatch_jax.methods.registry import register
 from softpatch_jax.ops import knn, leave_out
-from softpatch_jax.ops.coreset import GreedyCoreset
+from softpatch_jax.ops.coreset import GreedyCoreset, Sampler
 from softpatch_jax.ops.search import make_search
 from softpatch_jax.settings import comma_list
 
@@ -54,7 +55,7 @@ class MemoryBank:
 
 
 def build_bank(train_features: np.ndarray, sampling: np.ndarray, soft: np.ndarray,
-               coreset_ratio: float, key: jax.Array, sampler: GreedyCoreset,
+               coreset_ratio: float, key: jax.Array, sampler: Sampler,
                reduced: Optional[jnp.ndarray] = None):
     """Weighted coreset of int(ratio * B * P) patches -> (MemoryBank, (M,) indices into the
     flattened B * P patches). `reduced`: the (N, d) coreset projection, when the caller has it."""
@@ -218,7 +219,7 @@ class PatchCore(Method):
 
     def __init__(self, *, layers, coreset_ratio: float = 0.1, num_nn: int = 1,
                  reweight_neighbours: int = 0, image_size: int = 224, blur_sigma: float = 4.0,
-                 budget_mb: float = 1024, sampler: GreedyCoreset = GreedyCoreset(),
+                 budget_mb: float = 1024, sampler: Sampler = GreedyCoreset(),
                  search=knn.BruteForce()):
         self.features = FeatureSpec(tuple(layers))
         self.coreset_ratio, self.num_nn = coreset_ratio, num_nn
@@ -229,6 +230,11 @@ class PatchCore(Method):
     @classmethod
     def from_config(cls, config) -> "PatchCore":
         return cls(**bank_options(config))
+
+    def with_sampler(self, wrap) -> "PatchCore":
+        wrapped = copy.copy(self)  # SoftPatch and SoftPatch+ inherit this
+        wrapped.sampler = wrap(self.sampler)
+        return wrapped
 
     def fit(self, features: Features, key: jax.Array, learned=None,
             progress: bool = True) -> MemoryBank:

@@ -34,7 +34,7 @@ padded to one N with zero-weight rows; every result equals its own single run.
 """
 import dataclasses
 import functools
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -479,6 +479,18 @@ _init_batch = jax.jit(jax.vmap(_init_fn))
 @functools.partial(jax.jit, static_argnames=("count",), donate_argnames=("min_dist",))
 def _advance_batch(xs, sq_norms, weights, min_dist, count: int):
     return jax.vmap(functools.partial(_advance_fn, count=count))(xs, sq_norms, weights, min_dist)
+
+
+class Sampler(Protocol):
+    """How a memory bank's rows are chosen: a projection for the distances, then a weighted
+    selection. `progress` is a dataclass field (callers replace it per call)."""
+    progress: bool
+
+    def project(self, features, key: jax.Array) -> jnp.ndarray:
+        """(N, D) -> (N, d) features the selection measures distances on."""
+
+    def select(self, reduced, count: int, key: jax.Array, weights=None) -> np.ndarray:
+        """(N, d) projected features -> (count,) chosen row indices (weight 0: never)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -242,17 +242,18 @@ def _run_batch(workdir, config, items, extractors, staging):
     from softpatch_jax.pipeline import batching
 
     hub = batching.CoresetHub()
-    per_point = []
-    for (category, *_), pc, method, split, _ in items:
-        extractor = _extractor(workdir, pc, method, category, extractors)
+    per_point, batched = [], []
+    for point, pc, method, split, record in items:
+        extractor = _extractor(workdir, pc, method, point[0], extractors)
         per_point.append(extractor)
         if method.cacheable_features:
             d = pc.data
             extractor.embed(split.train + split.test, d.resize, d.image_size, d.batch_size,
-                            f"{category}: features")
-        if hasattr(method, "sampler"):
-            method.sampler = batching.BatchedCoreset(method.sampler, hub)
+                            f"{point[0]}: features")
+        method = method.with_sampler(lambda sampler: batching.BatchedCoreset(sampler, hub))
+        batched.append((point, pc, method, split, record))
         hub.join()  # all join before any runs: a lone early selection would run unbatched
+    items = batched
 
     def run(item, extractor):
         try:

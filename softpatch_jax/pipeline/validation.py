@@ -57,8 +57,8 @@ def check_known_fields(config, schema=None, prefix: str = "") -> None:
 
 
 def check_data(d) -> None:
-    _require(d.name in data.DATASETS, f"data.name={d.name!r} is unknown; choose one of "
-             f"{', '.join(data.DATASETS)}")
+    _require(d.name in data.names(), f"data.name={d.name!r} is unknown; choose one of "
+             f"{', '.join(data.names())}")
     _require(d.source in ("folder", "tfds"),
              f"data.source={d.source!r} is unknown; choose folder or tfds")
     for field in ("resize", "image_size", "batch_size"):

@@ -27,6 +27,31 @@ def test_category_selection(mvtec_root):
         data.category_names("mvtec", mvtec_root + "/missing", "all")
     with pytest.raises(ValueError, match="unknown dataset"):
         data.category_names("kitti", mvtec_root, "all")
+    with pytest.raises(ValueError, match="data.source=tfds serves mvtec, visa, btad, not "
+                                         "data.name='elpv'"):
+        data.category_names("elpv", "", "all", source="tfds")
+
+
+def test_a_registered_reader_is_chosen_by_name_everywhere(mvtec_root, monkeypatch):
+    """A dataset is one `data.register(Reader(...))`: names, category selection, loading and
+    the config check take it with no other change."""
+    from softpatch_jax.pipeline import validation
+    from conftest import load_config
+
+    def load(d, category, seed):  # the widget's images, under another layout's name
+        cat = mvtec.load_category(d.root, "widget")
+        return data.Category(category, cat.train[:3], cat.test)
+    monkeypatch.setitem(data._READERS, "toy", data.Reader("toy", lambda root: ["part"], load))
+    assert "toy" in data.names() and data.get("toy").name == "toy"
+    assert data.category_names("toy", mvtec_root, "all") == ["part"]
+    cat = data.load_category(ConfigDict(dict(name="toy", root=mvtec_root)), "part", 0)
+    assert cat.name == "part" and len(cat.train) == 3
+    c = load_config("default.py")
+    c.data.name, c.data.root, c.data.category = "toy", mvtec_root, "part"
+    validation.check_config(c)  # accepted: the reader's name is known
+    c.data.name = "toy2"
+    with pytest.raises(ValueError, match="data.name='toy2' is unknown; choose one of .*toy"):
+        validation.check_config(c)
 
 
 def test_missing_mask_is_named(tmp_path):
