@@ -33,9 +33,9 @@ def anomaly_maps(grids: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray
     _, h, w = grids.shape
     ky = jnp.asarray(map_operator(h, size, sigma))
     kx = jnp.asarray(map_operator(w, size, sigma))
-    return np.asarray(_apply(jnp.asarray(grids, jnp.float32), ky, kx))
+    return np.asarray(apply_operators(jnp.asarray(grids, jnp.float32), ky, kx))
 
 
 @jax.jit
-def _apply(grids, ky, kx):
+def apply_operators(grids, ky, kx):
     return jnp.einsum("yh,thw,xw->tyx", ky, grids, kx, precision=jax.lax.Precision.HIGHEST)

@@ -34,22 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import softpatch_jax
+from softpatch_jax import methods
 from softpatch_jax.data import preprocess
 from softpatch_jax.evaluation import anomaly_map
-from softpatch_jax.features import padim as padim_features
-from softpatch_jax.features.extractor import Embedder, finest_first
+from softpatch_jax.features.extractor import Embedder
 from softpatch_jax.files import staged_dir, write_json
 from softpatch_jax.methods.fyd import model as fyd_model
-from softpatch_jax.methods.fyd.method import FYD, FYDState
-from softpatch_jax.methods.padim import GaussianState
-from softpatch_jax.methods.patchcore import MemoryBank
-from softpatch_jax.methods.softpatch import SoftPatch, TwoBanks
-from softpatch_jax.ops import gaussian, knn
-from softpatch_jax.ops import warp as affine
 
 PLATFORMS = ("cpu", "cuda")
 DEFAULT_BATCH = 8
-EXPORTABLE = ("patchcore", "softpatch", "softpatch_plus", "padim", "fyd")
 LOADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loader.py")
 FILES = ("scorer.bin", "arrays.npz", "meta.json", "loader.py")
 
@@ -86,95 +79,7 @@ def unflatten(flat: Dict[str, object]) -> dict:
     return tree
 
 
-# -- the pieces of the scoring function (traceable) ---------------------------------------------
-def chunked_k_nearest(queries: jnp.ndarray, bank: jnp.ndarray, bank_sq: jnp.ndarray, k: int,
-                      rows: int) -> Tuple[jnp.ndarray, jnp.ndarray]:
-    """Exact k-NN by squared L2, traceable: (Q, D) queries, (M, D) bank, (M,) |b|^2 (as
-    `knn._bank_sq` computes it) -> ((Q, k) squared distances ascending, (Q, k) int32 indices).
-    Brute force's own chunk arithmetic (`knn._nearest_chunk`) over `rows`-query chunks in one
-    `lax.map` (one compiled chunk; the (rows x M) block is the memory bound)."""
-    q, d = queries.shape
-    rows = max(1, min(rows, q))
-    chunks = -(-q // rows)
-    padded = jnp.pad(queries, ((0, chunks * rows - q), (0, 0)))  # padded rows are dropped
-    dist, idx = jax.lax.map(lambda c: knn._nearest_chunk(c, bank, bank_sq, k),
-                            padded.reshape(chunks, rows, d))
-    return dist.reshape(-1, k)[:q], idx.reshape(-1, k)[:q]
-
-
-def bank_inputs(bank: MemoryBank) -> Dict[str, np.ndarray]:
-    """A memory bank's arrays for the exported function: features, soft weights and |b|^2
-    computed as the in-process search computes it (so the arithmetic matches)."""
-    features = np.asarray(bank.features, np.float32)
-    return {"features": features, "weights": np.asarray(bank.weights, np.float32),
-            "sq": np.asarray(knn._bank_sq(jnp.asarray(features)))}
-
-
-def bank_patch_scores(feats: jnp.ndarray, bank: dict, num_nn: int, soft_weight: bool,
-                      rows: int) -> Tuple[jnp.ndarray, jnp.ndarray]:
-    """(N, P, D) features -> ((N, P) patch scores, (N, P) nearest entry), as
-    `patchcore.patch_scores`: mean squared distance to the `num_nn` nearest entries, times the
-    nearest entry's soft weight when `soft_weight`."""
-    n, p, d = feats.shape
-    dist, idx = chunked_k_nearest(feats.reshape(n * p, d), bank["features"], bank["sq"], num_nn,
-                                  rows)
-    score = dist.mean(axis=1)
-    if soft_weight:
-        score = score * bank["weights"][idx[:, 0]]
-    return score.reshape(n, p), idx[:, 0].reshape(n, p)
-
-
-def bank_image_scores(feats: jnp.ndarray, patch: jnp.ndarray, nearest: jnp.ndarray, bank: dict,
-                      neighbours: int, rows: int) -> jnp.ndarray:
-    """(N,) image scores as `PatchCore.image_scores`: the maximum patch score, or with
-    `neighbours` > 0 the PatchCore paper's reweighting (`patchcore.reweighted_image_scores`,
-    here in float32)."""
-    if neighbours <= 0:
-        return patch.max(axis=1)
-    t = jnp.arange(patch.shape[0])
-    best = jnp.argmax(patch, axis=1)
-    f_star, m_star = feats[t, best], nearest[t, best]
-    b = min(neighbours, bank["features"].shape[0])
-    _, support = chunked_k_nearest(bank["features"][m_star], bank["features"], bank["sq"], b,
-                                   rows)
-    diff = f_star[:, None, :] - bank["features"][support]
-    dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1))
-    soft = jnp.exp(dist - dist.max(axis=1, keepdims=True))
-    return (1.0 - soft[:, 0] / soft.sum(axis=1)) * jnp.sqrt(patch[t, best])
-
-
-def unwarp_grids(grids: jnp.ndarray, warps: jnp.ndarray) -> jnp.ndarray:
-    """`fyd.model.unwarp_grids`, traceable: (N, h, w) grids in the aligned frame -> the input
-    frame by each image's inverse warp (N, 2, 3), border padding."""
-    return affine.warp(grids[..., None], affine.invert(warps), "border")[..., 0]
-
-
 # -- the scoring function of a fitted category ----------------------------------------------------
-def _feature_fn(method, embedder: Embedder, model_config):
-    """(inputs tree, images) -> ((N, P, D) features, (N, 2, 3) warps or None)."""
-    if isinstance(method, FYD):
-        fyd = fyd_model.build(method.options, embedder.module, embedder.layers)
-        channels = np.asarray(embedder.padim_channels)
-
-        def aligned(tree, images):  # as fyd.model.AlignedEmbedder, with traced variables
-            maps, warps, _, _ = fyd_model.align(fyd, tree["fyd"], tree["backbone"], images)
-            ordered = finest_first(maps, fyd.taps)
-            finest = max(fyd.taps, key=lambda t: maps[t].shape[1])
-            warp = warps["image"]
-            if finest in warps:  # finest-grid position -> aligned image -> input image
-                warp = affine.compose(warps["image"], warps[finest])
-            feats = padim_features.padim_features([m.astype(jnp.float32) for m in ordered],
-                                                  channels)
-            return feats, warp
-        return aligned
-    m = model_config
-
-    def plain(tree, images):
-        return Embedder._embed(embedder.module, embedder.layers, m.embed_dim, m.patch_size,
-                               embedder.padim_channels, tree["backbone"], images), None
-    return plain
-
-
 def float32_threshold(value: Optional[float]) -> np.float32:
     """The float32 t with (x >= t) == (x >= value) for every float32 x: the smallest float32
     >= value. None -> NaN (no threshold: every comparison False)."""
@@ -185,62 +90,42 @@ def float32_threshold(value: Optional[float]) -> np.float32:
 
 
 def check_exportable(method_name: str) -> None:
-    if method_name not in EXPORTABLE:
-        raise ValueError(f"model.method={method_name} cannot be exported (export knows "
-                         f"{', '.join(EXPORTABLE)}); score it with --mode=predict")
+    """One line when the registered method has no traced scorer (Method.traced_scorer)."""
+    if not methods.get(method_name).exportable():
+        raise ValueError(f"model.method={method_name} has no traced scorer, so it cannot be "
+                         f"exported (exportable: {', '.join(exportable())}); score it with "
+                         "--mode=predict")
+
+
+def exportable() -> Tuple[str, ...]:
+    """The registered methods that export: those with a traced scorer."""
+    return tuple(n for n in methods.names() if methods.get(n).exportable())
+
+
+RESERVED = ("backbone", "image_threshold", "pixel_threshold")
 
 
 def scoring_function(method, fitted, embedder: Embedder, config,
                      image_threshold: Optional[float] = None,
                      pixel_threshold: Optional[float] = None) -> Tuple[ScoreFn, Dict]:
-    """The pure scoring function of a fitted category and its inputs besides the images.
-    -> (fn(images (N, S, S, 3) float32, inputs {name: array}) -> {'scores' (N,), 'maps'
-    (N, S, S), 'verdicts' (N,) bool, 'masks' (N, S, S) bool}, inputs: flat {name: array})."""
+    """The pure scoring function of a fitted category and its inputs besides the images: the
+    method's own traced features and scorer (Method.traced_features / traced_scorer), then the
+    maps and the thresholds. -> (fn(images (N, S, S, 3) float32, inputs {name: array}) ->
+    {'scores' (N,), 'maps' (N, S, S), 'verdicts' (N,) bool, 'masks' (N, S, S) bool}, inputs:
+    flat {name: array})."""
     check_exportable(method.name)
     size = config.data.image_size
     h, w = embedder.grid(size)
     ky = jnp.asarray(anomaly_map.map_operator(h, size, method.blur_sigma))
     kx = jnp.asarray(anomaly_map.map_operator(w, size, method.blur_sigma))
-    features = _feature_fn(method, embedder, config.model)
+    features = method.traced_features(embedder)
+    grids_and_image, method_inputs = method.traced_scorer(fitted)
+    clash = sorted(set(method_inputs) & set(RESERVED))
+    if clash:
+        raise ValueError(f"model.method={method.name}: its traced scorer's inputs use the "
+                         f"reserved names {', '.join(clash)}")
     tree = {"backbone": embedder.variables, "image_threshold": float32_threshold(image_threshold),
-            "pixel_threshold": float32_threshold(pixel_threshold)}
-
-    if isinstance(fitted, (MemoryBank, TwoBanks)):
-        two = isinstance(fitted, TwoBanks)
-        if two:
-            tree["cls"] = bank_inputs(fitted.classification)
-            tree["seg"] = bank_inputs(fitted.segmentation)
-        else:
-            tree["bank"] = bank_inputs(fitted)
-        # PatchCore's own score never weights; SoftPatch(+) as configured.
-        soft = method.soft_weight if isinstance(method, SoftPatch) else False
-        def rows(bank):  # query rows per chunk, as the in-process search takes them
-            return knn._brute_step(bank["features"].shape[0], method.budget_mb)
-
-        def grids_and_image(x, feats):
-            image_bank = x["cls"] if two else x["bank"]
-            patch, nearest = bank_patch_scores(feats, image_bank, method.num_nn, soft,
-                                               rows(image_bank))
-            image = bank_image_scores(feats, patch, nearest, image_bank,
-                                      method.reweight_neighbours, rows(image_bank))
-            if two:  # maps from the segmentation bank
-                patch, _ = bank_patch_scores(feats, x["seg"], method.num_nn, soft,
-                                             rows(x["seg"]))
-            return patch, image
-    elif isinstance(fitted, (GaussianState, FYDState)):
-        g = fitted.gaussians if isinstance(fitted, FYDState) else fitted
-        tree["gaussians"] = {"mean": np.asarray(g.mean, np.float32),
-                             "chol": np.asarray(g.chol, np.float32)}
-        if isinstance(fitted, FYDState):
-            tree["fyd"] = fitted.variables["params"]
-
-        def grids_and_image(x, feats):
-            dist = gaussian._score_chunk(jnp.transpose(feats, (1, 0, 2)), x["gaussians"]["mean"],
-                                         x["gaussians"]["chol"])
-            return dist.T, None  # PaDiM: the image score is the map's maximum
-    else:
-        raise ValueError(f"model.method={method.name} cannot be exported ({type(fitted).__name__}"
-                         " is not a memory bank or Gaussians)")
+            "pixel_threshold": float32_threshold(pixel_threshold), **method_inputs}
 
     def score(images, inputs):
         x = unflatten(inputs)
@@ -248,8 +133,8 @@ def scoring_function(method, fitted, embedder: Embedder, config,
         patch, image = grids_and_image(x, feats)
         grids = patch.reshape(images.shape[0], h, w)
         if warps is not None:
-            grids = unwarp_grids(grids, warps)
-        maps = anomaly_map._apply(grids, ky, kx)
+            grids = fyd_model.unwarp(grids, warps)
+        maps = anomaly_map.apply_operators(grids, ky, kx)
         if image is None:
             image = maps.max(axis=(1, 2))
         return {"scores": image, "maps": maps, "verdicts": image >= x["image_threshold"],

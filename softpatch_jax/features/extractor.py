@@ -61,8 +61,9 @@ class Embedder:
             self.padim_channels = tuple(
                 int(c) for c in padim.select_channels(key, total, padim_dim))
         self.embed_dim = len(self.padim_channels) or embed_dim
-        fn = functools.partial(self._embed, self.module, self.layers, embed_dim, patch_size,
+        fn = functools.partial(self.embed_arrays, self.module, self.layers, embed_dim, patch_size,
                                self.padim_channels)
+        self.embed_fn = fn  # (variables, images) -> features, unjitted: export traces it
         self.devices = 1
         if mesh is not None:
             from softpatch_jax.ops import sharding
@@ -72,7 +73,7 @@ class Embedder:
             self._fn = jax.jit(fn)
 
     @staticmethod
-    def _embed(module, layers, embed_dim, patch_size, padim_channels, variables, images):
+    def embed_arrays(module, layers, embed_dim, patch_size, padim_channels, variables, images):
         ordered = finest_first(module.apply(variables, images), layers)
         if padim_channels:
             return padim.padim_features(ordered, np.asarray(padim_channels))

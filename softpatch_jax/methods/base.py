@@ -16,11 +16,17 @@ import dataclasses
 from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from softpatch_jax.evaluation import anomaly_map
 from softpatch_jax.features.types import Features, FeatureSpec  # noqa: F401 (re-exported)
 from softpatch_jax.timing import NO_CLOCK, StageClock
+
+
+# Export's traceable pieces (see Method.traced_scorer / traced_features).
+TracedScorer = Callable[[Dict[str, Any], Any], Tuple[Any, Optional[Any]]]
+TracedFeatures = Callable[[Dict[str, Any], Any], Tuple[Any, Optional[Any]]]
 
 
 @dataclasses.dataclass
@@ -106,7 +112,36 @@ class Method:
             return self.fit(features, key, learned, progress), None
 
     def score(self, fitted, features: Features) -> Scores:
-        raise NotImplementedError
+        """By default the traced scorer itself, jitted, on the features: a method that writes
+        only `traced_scorer` scores in process and exports from that one function. (The
+        memory-bank methods override it with their pruned host search, equal bit for bit.)
+        Needs `image_size` and `blur_sigma` attributes for the maps."""
+        fn, inputs = self.traced_scorer(fitted)
+        patch, image = jax.jit(fn)(inputs, jnp.asarray(features.patches))
+        grids = np.asarray(patch).reshape(len(features), *features.grid)
+        maps = anomaly_map.anomaly_maps(grids, self.image_size, self.blur_sigma)
+        image = maps.max(axis=(1, 2)) if image is None else np.asarray(image)
+        return Scores(image, grids, self.image_size, self.blur_sigma, maps)
+
+    def traced_scorer(self, fitted) -> Tuple[TracedScorer, Dict[str, Any]]:
+        """The method's scoring as one traceable function, which --mode=export serialises:
+        -> (fn(inputs, features (N, P, D)) -> ((N, P) patch scores in the frame the features
+        are in, (N,) image scores, or None for the maximum of the anomaly map), inputs: the
+        nested dict of arrays fn reads, names that do not clash with 'backbone',
+        'image_threshold' and 'pixel_threshold'). Its results equal `score`'s (export parity
+        tests). A method without one cannot be exported: one line says so."""
+        raise ValueError(f"model.method={self.name} has no traced scorer, so it cannot be "
+                         "exported; score it with --mode=predict")
+
+    @classmethod
+    def exportable(cls) -> bool:
+        return cls.traced_scorer is not Method.traced_scorer
+
+    def traced_features(self, embedder) -> TracedFeatures:
+        """fn(inputs, images (N, S, S, 3)) -> ((N, P, D) features, (N, 2, 3) warps from the
+        frame the features are in to the input frame, or None): the extractor's own function
+        on inputs['backbone'] (FYD aligns first)."""
+        return lambda inputs, images: (embedder.embed_fn(inputs["backbone"], images), None)
 
     def training_scores(self, fitted, features: Features) -> Scores:
         """Scores of the B training images in `features` (those `fitted` was fitted on, in the

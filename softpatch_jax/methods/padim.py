@@ -5,6 +5,7 @@ from typing import Optional
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from softpatch_jax.evaluation import anomaly_map
@@ -73,6 +74,18 @@ class PaDiM(Method):
 
     def score(self, fitted: GaussianState, features: Features) -> Scores:
         return self.gaussian_scores(fitted, features)
+
+    def traced_scorer(self, fitted):
+        """Mahalanobis patch scores (`gaussian.score_chunk` on every position at once); the
+        image score is the map's maximum (None)."""
+        inputs = {"gaussians": {"mean": np.asarray(fitted.mean, np.float32),
+                                "chol": np.asarray(fitted.chol, np.float32)}}
+
+        def scorer(x, feats):
+            dist = gaussian.score_chunk(jnp.transpose(feats, (1, 0, 2)), x["gaussians"]["mean"],
+                                        x["gaussians"]["chol"])
+            return dist.T, None
+        return scorer, inputs
 
     def fitted_from_arrays(self, arrays) -> GaussianState:
         return GaussianState.from_arrays(arrays)

@@ -10,7 +10,7 @@ reweighting (`reweight_neighbours` > 0).
 """
 import copy
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import flax.struct
 import jax
@@ -193,6 +193,45 @@ def reweighted_image_scores(test_features: np.ndarray, patch: np.ndarray, bank: 
     return weight * np.sqrt(patch[np.arange(t), best])
 
 
+# -- the traced scorer (what --mode=export serialises; equal to `score`, tested) -----------------
+def bank_arrays(bank: MemoryBank) -> Dict[str, np.ndarray]:
+    """A memory bank's arrays for a traced scorer: features, soft weights and |b|^2 computed as
+    the in-process search computes it (so the arithmetic matches)."""
+    features = np.asarray(bank.features, np.float32)
+    return {"features": features, "weights": np.asarray(bank.weights, np.float32),
+            "sq": np.asarray(knn.bank_sq_norms(jnp.asarray(features)))}
+
+
+def traced_patch_scores(feats, bank: dict, num_nn: int, soft_weight: bool, rows: int):
+    """`patch_scores`, traceable: (N, P, D) features, `bank_arrays` -> ((N, P) patch scores,
+    (N, P) nearest entry)."""
+    n, p, d = feats.shape
+    dist, idx = knn.traced_k_nearest(feats.reshape(n * p, d), bank["features"], bank["sq"],
+                                     num_nn, rows)
+    score = dist.mean(axis=1)
+    if soft_weight:
+        score = score * bank["weights"][idx[:, 0]]
+    return score.reshape(n, p), idx[:, 0].reshape(n, p)
+
+
+def traced_image_scores(feats, patch, nearest, bank: dict, neighbours: int, rows: int):
+    """(N,) image scores as `PatchCore.image_scores`, traceable: the maximum patch score, or with
+    `neighbours` > 0 `reweighted_image_scores` in float32 (the in-process form runs float64:
+    equal within the export tolerance)."""
+    if neighbours <= 0:
+        return patch.max(axis=1)
+    t = jnp.arange(patch.shape[0])
+    best = jnp.argmax(patch, axis=1)
+    f_star, m_star = feats[t, best], nearest[t, best]
+    b = min(neighbours, bank["features"].shape[0])
+    _, support = knn.traced_k_nearest(bank["features"][m_star], bank["features"], bank["sq"], b,
+                                      rows)
+    diff = f_star[:, None, :] - bank["features"][support]
+    dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+    soft = jnp.exp(dist - dist.max(axis=1, keepdims=True))
+    return (1.0 - soft[:, 0] / soft.sum(axis=1)) * jnp.sqrt(patch[t, best])
+
+
 def bank_options(config) -> dict:
     """The memory-bank fields of `config` (shared by PatchCore, SoftPatch and SoftPatch+),
     checked, as keyword arguments."""
@@ -289,6 +328,26 @@ class PatchCore(Method):
                                 self.blur_sigma, self.budget_mb)
                  for bank in ((image_bank,) if map_bank is image_bank else (image_bank, map_bank))]
         return grids[0], grids[-1]
+
+    def traced_banks(self, fitted) -> Tuple[Dict[str, dict], str, str]:
+        """({name: bank_arrays}, the bank of the image scores, the bank of the maps)."""
+        return {"bank": bank_arrays(fitted)}, "bank", "bank"
+
+    def traced_scorer(self, fitted):
+        banks, image_bank, map_bank = self.traced_banks(fitted)
+        rows = {name: knn.brute_step(b["features"].shape[0], self.budget_mb)  # as in-process
+                for name, b in banks.items()}
+
+        def scorer(inputs, feats):
+            patch, nearest = traced_patch_scores(feats, inputs[image_bank], self.num_nn,
+                                                 self.soft_weight, rows[image_bank])
+            image = traced_image_scores(feats, patch, nearest, inputs[image_bank],
+                                        self.reweight_neighbours, rows[image_bank])
+            if map_bank != image_bank:
+                patch, _ = traced_patch_scores(feats, inputs[map_bank], self.num_nn,
+                                               self.soft_weight, rows[map_bank])
+            return patch, image
+        return scorer, banks
 
     def fitted_from_arrays(self, arrays) -> MemoryBank:
         return MemoryBank.from_arrays(arrays)

@@ -19,7 +19,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from softpatch_jax.methods.base import Features, Scores, TrainingNoise
-from softpatch_jax.methods.patchcore import MemoryBank, PatchCore, bank_options, build_bank
+from softpatch_jax.methods.patchcore import (MemoryBank, PatchCore, bank_arrays, bank_options,
+                                             build_bank)
 from softpatch_jax.methods.registry import register
 from softpatch_jax.ops import discriminators
 from softpatch_jax.ops import grouping as grouping_ops
@@ -412,6 +413,11 @@ class SoftPatchPlus(SoftPatch):
 
     def _left_out_banks(self, fitted: TwoBanks):
         return fitted.classification, fitted.segmentation
+
+    def traced_banks(self, fitted: TwoBanks):
+        """Image scores from the classification bank, maps from the segmentation bank."""
+        return ({"cls": bank_arrays(fitted.classification),
+                 "seg": bank_arrays(fitted.segmentation)}, "cls", "seg")
 
     def fitted_from_arrays(self, arrays) -> TwoBanks:
         return TwoBanks.from_arrays(arrays)

@@ -42,7 +42,7 @@ def _fit_chunk(x: jnp.ndarray, reg: float):
 
 
 @jax.jit
-def _score_chunk(x: jnp.ndarray, mean: jnp.ndarray, chol: jnp.ndarray):
+def score_chunk(x: jnp.ndarray, mean: jnp.ndarray, chol: jnp.ndarray):
     """x: (P, T, d) -> (P, T) Mahalanobis distances."""
     return jax.vmap(lambda xp, m, c: mahalanobis(xp - m, c))(x, mean, chol)
 
@@ -64,7 +64,7 @@ def score(test: np.ndarray, model: Gaussians, budget_mb: float = 1024) -> np.nda
     """(T, P, d) -> (T, P) Mahalanobis distances to each position's Gaussian."""
     t, p, d = test.shape
     step = chunk_size(4 * (d * d + 3 * t * d), budget_mb)
-    (out,) = map_chunks(lambda x, m, c: _score_chunk(jnp.asarray(x), jnp.asarray(m),
+    (out,) = map_chunks(lambda x, m, c: score_chunk(jnp.asarray(x), jnp.asarray(m),
                                                      jnp.asarray(c)),
                         [np.transpose(test, (1, 0, 2)), model.mean, model.chol], step)
     return out.T

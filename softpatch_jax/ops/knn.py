@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,9 @@ def _nearest_partial(queries, bank, bank_sq, k: int):
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
-def _nearest_chunk(queries: jnp.ndarray, bank: jnp.ndarray, bank_sq: jnp.ndarray, k: int):
+def nearest_chunk(queries: jnp.ndarray, bank: jnp.ndarray, bank_sq: jnp.ndarray, k: int):
+    """Brute force's arithmetic on one chunk: (Q, D) queries, (M, D) bank, (M,) |b|^2
+    (`bank_sq_norms`) -> ((Q, k) squared distances ascending, (Q, k) indices)."""
     best, idx = _nearest_partial(queries, bank, bank_sq, k)
     return jnp.maximum(best + jnp.sum(queries * queries, axis=1, keepdims=True), 0.0), idx
 
@@ -53,12 +55,12 @@ _partial_chunk = jax.jit(_nearest_partial, static_argnames=("k",))
 
 @jax.jit
 def _query_sq(queries: jnp.ndarray) -> jnp.ndarray:
-    """|q|^2 as `_nearest_chunk` computes it: its rounding depends on the chunk's row count, so
+    """|q|^2 as `nearest_chunk` computes it: its rounding depends on the chunk's row count, so
     it is called on chunks of brute force's own size."""
     return jnp.sum(queries * queries, axis=1, keepdims=True)
 
 
-def _bank_sq(bank: jnp.ndarray) -> jnp.ndarray:
+def bank_sq_norms(bank: jnp.ndarray) -> jnp.ndarray:
     """|b|^2 per bank row, exactly as brute force has always computed it (eager, not jitted: a
     fused version may round differently)."""
     return jnp.sum(bank * bank, axis=1)
@@ -69,14 +71,30 @@ def _check_k(k: int, m: int) -> None:
         raise ValueError(f"k={k} nearest neighbours asked of a bank of {m} entries")
 
 
-def _brute_step(m: int, budget_mb: float) -> int:
+def brute_step(m: int, budget_mb: float) -> int:
+    """Query rows per brute-force chunk against an M-row bank under `budget_mb`."""
     return min(MAX_ROWS, chunk_size(3 * 4 * m, budget_mb, minimum=8))
+
+
+def traced_k_nearest(queries: jnp.ndarray, bank: jnp.ndarray, bank_sq: jnp.ndarray, k: int,
+                     rows: int) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Exact k-NN inside a traced function (what --mode=export serialises): `nearest_chunk`
+    over `rows`-query chunks in one `lax.map` (one compiled chunk; the rows x M block is the
+    memory bound), so the results are brute force's, bit for bit. (Q, D), (M, D), (M,) ->
+    ((Q, k) squared distances ascending, (Q, k) int32 indices)."""
+    q, d = queries.shape
+    rows = max(1, min(rows, q))
+    chunks = -(-q // rows)
+    padded = jnp.pad(queries, ((0, chunks * rows - q), (0, 0)))  # padded rows are dropped
+    dist, idx = jax.lax.map(lambda c: nearest_chunk(c, bank, bank_sq, k),
+                            padded.reshape(chunks, rows, d))
+    return dist.reshape(-1, k)[:q], idx.reshape(-1, k)[:q]
 
 
 def _brute(queries: np.ndarray, bank: jnp.ndarray, bank_sq: jnp.ndarray, k: int,
            budget_mb: float):
-    dists, index = map_chunks(lambda q: _nearest_chunk(jnp.asarray(q), bank, bank_sq, k),
-                              [queries], _brute_step(bank.shape[0], budget_mb))
+    dists, index = map_chunks(lambda q: nearest_chunk(jnp.asarray(q), bank, bank_sq, k),
+                              [queries], brute_step(bank.shape[0], budget_mb))
     return dists, index.astype(np.int64)
 
 
@@ -85,7 +103,7 @@ def k_nearest(queries, bank, k: int = 1, budget_mb: float = 1024):
     queries = np.asarray(queries, np.float32)
     bank = jnp.asarray(bank, jnp.float32)
     _check_k(k, bank.shape[0])
-    return _brute(queries, bank, _bank_sq(bank), k, budget_mb)
+    return _brute(queries, bank, bank_sq_norms(bank), k, budget_mb)
 
 
 def nearest_neighbour(queries, bank, budget_mb: float = 1024):
@@ -105,11 +123,11 @@ def _excluding_chunk(queries, groups, bank, bank_sq, bank_groups, k: int):
 def _brute_excluding(queries, groups, bank, bank_groups, k: int, budget_mb: float):
     bank = jnp.asarray(bank, jnp.float32)
     bank_groups = jnp.asarray(bank_groups, jnp.int32)
-    bank_sq = _bank_sq(bank)
+    bank_sq = bank_sq_norms(bank)
     dists, index = map_chunks(
         lambda q, g: _excluding_chunk(jnp.asarray(q), jnp.asarray(g), bank, bank_sq,
                                       bank_groups, k),
-        [queries, groups], _brute_step(bank.shape[0], budget_mb))
+        [queries, groups], brute_step(bank.shape[0], budget_mb))
     return dists, index.astype(np.int64)
 
 
@@ -149,7 +167,7 @@ def k_nearest_excluding(queries, groups, bank, bank_groups, k: int = 1,
         # padded to the chunk a call of all N queries uses: the chunk's row count sets how
         # |q|^2 rounds, so a query's result does not depend on how many others need redoing
         rows = np.concatenate([redo, np.repeat(redo[-1:], max(0, min(
-            len(queries), _brute_step(m, budget_mb)) - len(redo)))])
+            len(queries), brute_step(m, budget_mb)) - len(redo)))])
         d2, i2 = _brute_excluding(queries[rows], groups[rows], bank, bank_groups, k, budget_mb)
         dists[redo], index[redo] = d2[:len(redo)], i2[:len(redo)]
     return dists, index
@@ -292,7 +310,7 @@ def _finish_chunk(queries, bank, bank_sq, near, k: int, group: int, width: int):
 
 
 def _distances(best: np.ndarray, qsq: np.ndarray) -> np.ndarray:
-    """max(partial + |q|^2, 0) in float32, as `_nearest_chunk` finishes (IEEE, one rounding)."""
+    """max(partial + |q|^2, 0) in float32, as `nearest_chunk` finishes (IEEE, one rounding)."""
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite queries: as brute force
         return np.maximum(best + qsq[:, None], np.float32(0.0))
 
@@ -406,7 +424,7 @@ class PrunedSearch:
         small = host.shape[0] < max(self.min_bank, self.candidates + 1)
         if small or (self.cpu_only and jax.default_backend() != "cpu"):
             dev = jnp.asarray(host)
-            return PreparedBank(dev, _bank_sq(dev), False,
+            return PreparedBank(dev, bank_sq_norms(dev), False,
                                 "small bank" if small else f"{jax.default_backend()} backend")
         key = _digest(host)
         if key in self._cache:
@@ -421,7 +439,7 @@ class PrunedSearch:
     def _build(self, host: np.ndarray) -> PreparedBank:
         m, d = host.shape
         bank = jnp.asarray(host)
-        bank_sq = _bank_sq(bank)
+        bank_sq = bank_sq_norms(bank)
         if not np.isfinite(host).all():
             return PreparedBank(bank, bank_sq, False, "non-finite bank")
         mean = host.mean(axis=0, dtype=np.float64)
@@ -479,7 +497,7 @@ class PrunedSearch:
         scale = float(np.sqrt(np.mean((host[rows] - host.mean(0)) ** 2)))
         probe = jnp.asarray(host[rows] + (rng.normal(size=(len(rows), host.shape[1]))
                                           * 0.05 * scale).astype(np.float32))
-        dist, idx = _nearest_chunk(probe, p.bank, p.bank_sq, p.candidates)
+        dist, idx = nearest_chunk(probe, p.bank, p.bank_sq, p.candidates)
         best, idx2 = _finish_chunk(probe, p.bank, p.bank_sq,
                                    jnp.sort(idx.astype(jnp.int32), axis=1), p.candidates,
                                    p.group, p.width)
@@ -511,7 +529,7 @@ class PrunedSearch:
         stats["mode"] = "pruned"
         # |q|^2 in brute force's chunks (its rounding depends on the chunk's row count).
         (qsq,) = map_chunks(lambda q: _query_sq(jnp.asarray(q)), [queries],
-                            _brute_step(m, self.budget_mb))
+                            brute_step(m, self.budget_mb))
         qsq = qsq[:, 0]
         per_row = 3 * 4 * m + 4 * p.bank.shape[1] * (p.width // p.group + p.candidates + 2)
         step = min(_SEARCH_ROWS, chunk_size(per_row, self.budget_mb, minimum=p.group))
@@ -533,7 +551,7 @@ class PrunedSearch:
             rows = np.concatenate([bad, np.repeat(bad[-1:], max(0, 8 - len(bad)))])
             b_best, b_idx = map_chunks(  # partials do not round by the row count: bucketed
                 lambda q: _partial_chunk(jnp.asarray(q), p.bank, p.bank_sq, k),
-                [queries[rows]], _brute_step(m, self.budget_mb), bucket=True)
+                [queries[rows]], brute_step(m, self.budget_mb), bucket=True)
             best[bad], index[bad] = b_best[:len(bad)], b_idx[:len(bad)]
         stats.update(certified=n - len(bad), fallback=len(bad),
                      total_s=time.perf_counter() - start)

@@ -164,8 +164,8 @@ def test_chunked_nearest_equals_numpy_and_the_pruned_search():
     queries = (rng.normal(size=(301, 8)) @ basis + 0.05 * rng.normal(size=(301, 48)))
     bank, queries = bank.astype(np.float32), queries.astype(np.float32)
     ref = ((queries[:, None].astype(np.float64) - bank[None]) ** 2).sum(-1)
-    sq = jnp.asarray(exporter.bank_inputs(patchcore.MemoryBank(bank, np.ones(700)))["sq"])
-    fn = jax.jit(exporter.chunked_k_nearest, static_argnames=("k", "rows"))
+    sq = jnp.asarray(patchcore.bank_arrays(patchcore.MemoryBank(bank, np.ones(700)))["sq"])
+    fn = jax.jit(knn.traced_k_nearest, static_argnames=("k", "rows"))
     pruned = knn.PrunedSearch(rank=15, min_bank=512)
     for k in (1, 3):
         dist, idx = fn(jnp.asarray(queries), jnp.asarray(bank), sq, k=k, rows=64)  # 5 chunks
@@ -184,13 +184,13 @@ def test_reweighting_equals_patchcore():
                                 rng.uniform(0.5, 2, 25).astype(np.float32))
     patch = patchcore.patch_scores(test, bank, knn.BruteForce(), soft_weight=True, num_nn=2)
     ref = patchcore.reweighted_image_scores(test, patch, bank, neighbours=9)
-    x = {k: jnp.asarray(v) for k, v in exporter.bank_inputs(bank).items()}
+    x = {k: jnp.asarray(v) for k, v in patchcore.bank_arrays(bank).items()}
 
     @jax.jit
     def scores(feats, x):  # 28 queries in chunks of 8 (the last padded)
-        patch, nearest = exporter.bank_patch_scores(feats, x, 2, True, rows=8)
-        return (patch, exporter.bank_image_scores(feats, patch, nearest, x, 9, rows=8),
-                exporter.bank_image_scores(feats, patch, nearest, x, 0, rows=8))
+        patch, nearest = patchcore.traced_patch_scores(feats, x, 2, True, rows=8)
+        return (patch, patchcore.traced_image_scores(feats, patch, nearest, x, 9, rows=8),
+                patchcore.traced_image_scores(feats, patch, nearest, x, 0, rows=8))
     ours, image, plain = scores(jnp.asarray(test), x)
     np.testing.assert_allclose(np.asarray(ours), patch, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(image), ref, rtol=1e-5)
@@ -260,13 +260,23 @@ def test_loader_refuses_special_files_as_the_package_does(tmp_path):
         writer.cancel()
 
 
-def test_export_errors_name_the_flag_or_file(fitted, tmp_path):
+def test_export_errors_name_the_flag_or_file(fitted, tmp_path, monkeypatch):
+    from softpatch_jax.methods import registry
+    from softpatch_jax.methods.base import Method
+
+    class Untraced(Method):  # a method that never wrote a traced scorer
+        name = "untraced"
+    monkeypatch.setitem(registry._METHODS, "untraced", Untraced)
     with pytest.raises(ValueError, match=r"--export_batch=0 must be >= 1"):
         exporter.export_workdir(str(tmp_path), batch=0)
     with pytest.raises(FileNotFoundError, match="no fitted models"):
         exporter.export_workdir(str(tmp_path))
-    with pytest.raises(ValueError, match="model.method=toy cannot be exported"):
-        exporter.check_exportable("toy")
+    with pytest.raises(ValueError, match="model.method=untraced has no traced scorer, so it "
+                                         "cannot be exported"):
+        exporter.check_exportable("untraced")
+    assert "untraced" not in exporter.exportable()
+    assert {"patchcore", "softpatch", "softpatch_plus", "padim", "fyd"} <= set(
+        exporter.exportable())
     fitted("padim", str(tmp_path))
     with pytest.raises(ValueError, match="--category='bolt' is not fitted"):
         exporter.export_workdir(str(tmp_path), category="bolt")

@@ -85,7 +85,7 @@ def _read_json(*parts):
         return json.load(f)
 
 
-@pytest.fixture(scope="module", params=exporter.EXPORTABLE)
+@pytest.fixture(scope="module", params=exporter.exportable())
 def scored(request, tiny_root, cache_dir, image_files, tmp_path_factory):
     """One fit of the method, then `image_files` scored by predict (in process; its maps caught
     on their way to predictions.json) and by the exported loader.py -> dict."""

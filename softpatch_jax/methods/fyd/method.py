@@ -4,13 +4,17 @@ from typing import Any, Dict
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from softpatch_jax.features.extractor import finest_first
+from softpatch_jax.features.padim import padim_features
 from softpatch_jax.methods.base import Features, FeatureSpec, Scores
 from softpatch_jax.methods.fyd import model as fyd
 from softpatch_jax.methods.fyd import train as fyd_train
 from softpatch_jax.methods.padim import GaussianState, PaDiM, feature_options
 from softpatch_jax.methods.registry import register
+from softpatch_jax.ops import warp as affine
 
 
 @flax.struct.dataclass
@@ -72,6 +76,26 @@ class FYD(PaDiM):
         if features.warps is not None:
             unwarp = lambda grids: fyd.unwarp_grids(grids, features.warps)  # noqa: E731
         return self.gaussian_scores(fitted.gaussians, features, unwarp)
+
+    def traced_scorer(self, fitted: FYDState):
+        scorer, inputs = super().traced_scorer(fitted.gaussians)
+        return scorer, {**inputs, "fyd": fitted.variables["params"]}
+
+    def traced_features(self, embedder):
+        """As fyd.model.AlignedEmbedder, with the variables traced: PaDiM features of the
+        aligned maps, and each image's warp from the finest grid's frame to the input's."""
+        net = fyd.build(self.options, embedder.module, embedder.layers)
+        channels = np.asarray(embedder.padim_channels)
+
+        def aligned(inputs, images):
+            maps, warps, _, _ = fyd.align(net, inputs["fyd"], inputs["backbone"], images)
+            finest = max(net.taps, key=lambda t: maps[t].shape[1])
+            warp = warps["image"]
+            if finest in warps:  # finest-grid position -> aligned image -> input image
+                warp = affine.compose(warps["image"], warps[finest])
+            ordered = finest_first(maps, net.taps)
+            return padim_features([m.astype(jnp.float32) for m in ordered], channels), warp
+        return aligned
 
     def fitted_from_arrays(self, arrays) -> FYDState:
         return FYDState.from_arrays(arrays)

@@ -237,10 +237,13 @@ class AlignedEmbedder:
         return Features(feats, self.grid(image_size), warps)
 
 
-def unwarp_grids(grids: np.ndarray, warps: np.ndarray) -> np.ndarray:
+def unwarp(grids: jnp.ndarray, warps: jnp.ndarray) -> jnp.ndarray:
     """Score grids (T, h, w) in the aligned frame -> the input frame, with each image's warp
-    (T, 2, 3) (aligned -> input). Points that came from outside the aligned frame take the
-    nearest border value."""
-    inv = affine.invert(jnp.asarray(warps, jnp.float32))
-    g = jnp.asarray(grids, jnp.float32)[..., None]
-    return np.asarray(affine.warp(g, inv, "border"))[..., 0]
+    (T, 2, 3) (aligned -> input); traceable. Points that came from outside the aligned frame
+    take the nearest border value."""
+    return affine.warp(grids[..., None], affine.invert(warps), "border")[..., 0]
+
+
+def unwarp_grids(grids: np.ndarray, warps: np.ndarray) -> np.ndarray:
+    """`unwarp` on host arrays (float32)."""
+    return np.asarray(unwarp(jnp.asarray(grids, jnp.float32), jnp.asarray(warps, jnp.float32)))
