@@ -15,21 +15,21 @@ import numpy as np
 import softpatch_jax
 
 from softpatch_jax.features.backbones import convert, resolve_weights
-from softpatch_jax.features.types import Features, FeatureSpec
+from softpatch_jax.features.types import BackboneSpec, Features, FeatureSpec
 from softpatch_jax.files import atomic_path, file_sha256, fingerprint
 
 
-def config_key(model_config, data_config, spec: FeatureSpec, seed: int) -> str:
-    """Hex digest of the fields that determine the features of `spec`."""
-    weights = resolve_weights(model_config.backbone, model_config.weights)
+def config_key(backbone: BackboneSpec, data_config, spec: FeatureSpec, seed: int) -> str:
+    """Hex digest of the fields that determine the features of `spec` on `backbone`."""
+    weights = resolve_weights(backbone.name, backbone.weights)
     if weights == "random":
         weights = f"random:{seed}"
     elif weights:
         weights = file_sha256(weights)
-    fields = dict(backbone=model_config.backbone, weights=weights, layers=",".join(spec.layers),
+    fields = dict(backbone=backbone.name, weights=weights, layers=",".join(spec.layers),
                   padim=(spec.padim_dim, seed) if spec.padim_dim else None,
-                  dtype=model_config.dtype, embed_dim=model_config.embed_dim,
-                  patch_size=model_config.patch_size, resize=data_config.resize,
+                  dtype=backbone.dtype, embed_dim=backbone.embed_dim,
+                  patch_size=backbone.patch_size, resize=data_config.resize,
                   image_size=data_config.image_size, version=convert.CONVERSION_VERSION,
                   package=softpatch_jax.__version__)
     return fingerprint(fields)

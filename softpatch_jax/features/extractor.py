@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from softpatch_jax.data import preprocess
 from softpatch_jax.features import padim, patch
 from softpatch_jax.features.backbones import build_backbone
-from softpatch_jax.features.types import Features, FeatureSpec
+from softpatch_jax.features.types import BackboneSpec, Features, FeatureSpec
 
 
 def finest_first(maps: Dict[str, jnp.ndarray], taps: Sequence[str]) -> List[jnp.ndarray]:
@@ -105,16 +105,15 @@ class Embedder:
                         self.grid(image_size))
 
 
-def make_extractor(model_config, spec: FeatureSpec, seed: int, cache_dir: str = "",
+def make_extractor(backbone: BackboneSpec, spec: FeatureSpec, seed: int, cache_dir: str = "",
                    multi_device: bool = True) -> Embedder:
-    """The Embedder of a method's FeatureSpec with the backbone fields of `model_config`
-    (backbone, weights, dtype, embed_dim, patch_size); a device mesh for data parallelism when
-    `multi_device`, the spec allows it and there is more than one device."""
+    """The Embedder of a method's FeatureSpec on `backbone`; a device mesh for data parallelism
+    when `multi_device`, the spec allows it and there is more than one device."""
     mesh = None
     if multi_device and spec.data_parallel and jax.device_count() > 1:
         from softpatch_jax.ops import sharding
 
         mesh = sharding.device_mesh()
-    m = model_config
-    return Embedder(m.backbone, spec.layers, m.weights, cache_dir, seed, m.embed_dim,
-                    m.patch_size, m.dtype, spec.padim_dim, mesh=mesh)
+    b = backbone
+    return Embedder(b.name, spec.layers, b.weights, cache_dir, seed, b.embed_dim, b.patch_size,
+                    b.dtype, spec.padim_dim, mesh=mesh)

@@ -1,8 +1,25 @@
-"""What a method asks of the features (`FeatureSpec`) and what an extractor returns (`Features`)."""
+"""The backbone a run extracts with (`BackboneSpec`, read once from the config), what a method
+asks of the features (`FeatureSpec`) and what an extractor returns (`Features`)."""
 import dataclasses
 from typing import Optional, Tuple
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """The backbone fields of a config, read in one place (`from_config`): the extractor is
+    built from them and the feature cache keys on them."""
+    name: str                # efficientnet_lite0, ..., wide_resnet50_2
+    weights: str = ""        # '' packaged ImageNet weights, 'random', or a state dict path
+    dtype: str = "float32"   # the backbone's compute dtype
+    embed_dim: int = 1024    # locally aware patch features: pooled size
+    patch_size: int = 3      # locally aware patch features: neighbourhood
+
+    @classmethod
+    def from_config(cls, config) -> "BackboneSpec":
+        m = config.model
+        return cls(m.backbone, m.weights, m.dtype, m.embed_dim, m.patch_size)
 
 
 @dataclasses.dataclass(frozen=True)

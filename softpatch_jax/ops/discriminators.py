@@ -7,6 +7,14 @@ P x B x B distances at once). Adding one: a scorer and one `register` call. A di
 also register a whole-chunk scorer (`make_chunk`), as LOF does, and a cache-sized working set
 (`cache_mb`) that its chunks aim at below the budget.
 
+Groupings other than the position groups (ops/grouping.py: `neighbourhood`, `global`, `auto`)
+compare each patch with candidates from several positions and dispatch on what a discriminator
+declares at `register`, never on its name: a neighbour form (`neighbours(k)`, how many nearest
+candidates it reads, and `from_neighbours`, a scorer of those neighbour sets) serves every
+grouping; a window form (`window`, a scorer of each position's window of patches, as the
+windowed Gaussian) serves `neighbourhood` and `auto`. A discriminator with neither runs under
+position grouping only.
+
 LOF (`lof_chunk_scores`): per chunk one batched GEMM for the distances, then an exact, sort-free
 selection of the k nearest (tile minima, then k rounds that each read one tile per row) in place
 of `lax.top_k` over all B. Its scores equal `lof_scores_reference` (the plain form: all distances,
@@ -166,27 +174,122 @@ def lof_scores(x: jnp.ndarray, k: int) -> jnp.ndarray:
     return lof_chunk_scores(x[None], k)[0]
 
 
+def nearest_from_neighbours(dist: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+    """(N, 1) distance of each of N patches to its nearest candidate (and (N, 1) its index,
+    unused) -> (N,): 1 + that distance, as `nearest_scores` within a group."""
+    return 1.0 + dist[:, 0]
+
+
+def lof_from_neighbours(dist: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+    """(N, k) distances of each of N patches to its k nearest candidates, ascending, and (N, k)
+    their indices into the N patches -> (N,) LOF scores: scikit-learn's formula on these
+    neighbour sets (ops/grouping.py's docstring; the operations of `lof_chunk_scores`), every
+    patch's k-distance and lrd taken from its own set."""
+    k_distance = dist[:, -1]
+    reach = jnp.maximum(dist, k_distance[idx])
+    lrd = 1.0 / (jnp.mean(reach, axis=-1) + 1e-10)
+    return jnp.mean(lrd[idx], axis=-1) / lrd
+
+
+@functools.partial(jax.jit, static_argnames=("scorer",))
+def _from_neighbours(dist: jnp.ndarray, idx: jnp.ndarray, scorer: Callable) -> jnp.ndarray:
+    return scorer(dist, idx)
+
+
+def neighbour_scores(dist: np.ndarray, idx: np.ndarray, name: str) -> np.ndarray:
+    """(B, P, n) distances of each patch to its n = neighbours(k) nearest candidates, ascending,
+    and (B, P, n) their flat indices b' * P + q -> (B, P) scores of discriminator `name`'s
+    neighbour form (jitted per scorer)."""
+    b, p, n = dist.shape
+    out = _from_neighbours(jnp.asarray(dist).reshape(b * p, n),
+                           jnp.asarray(idx, jnp.int32).reshape(b * p, n),
+                           get(name).from_neighbours)
+    return np.asarray(out).reshape(b, p)
+
+
+@functools.partial(jax.jit, static_argnames=("reg",))
+def _window_gaussian_chunk(x, table, valid, positions, reg: float):
+    """x (B, P, d), table/valid (P, W), positions (C,) -> (C, B) 1 + Mahalanobis distances of
+    the C positions' patches to the Gaussian of their window's patches of all images."""
+    b, p, dim = x.shape
+    w = table.shape[1]
+    samples = jnp.transpose(x[:, table[positions]], (1, 2, 0, 3)).reshape(len(positions), w * b,
+                                                                        dim)
+    inside = jnp.repeat(valid[positions], b, axis=1).astype(x.dtype)[..., None]  # (C, W * B, 1)
+    count = jnp.sum(inside, axis=1)                                               # (C, 1)
+    mean = jnp.sum(samples * inside, axis=1) / count                              # (C, d)
+    delta = (samples - mean[:, None]) * inside
+    cov = jnp.einsum("cnd,cne->cde", delta, delta, precision=jax.lax.Precision.HIGHEST)
+    cov = cov / (count[:, :, None] - 1.0) + reg * jnp.eye(dim, dtype=x.dtype)
+    chol = jnp.linalg.cholesky(cov)
+    queries = jnp.transpose(x[:, positions], (1, 0, 2))                           # (C, B, d)
+    return 1.0 + jax.vmap(gaussian.mahalanobis)(queries - mean[:, None], chol)
+
+
+def window_gaussian_scores(x, table: np.ndarray, valid: np.ndarray, budget_mb: float = 1024,
+                           progress: bool = False, reg: float = 0.01) -> np.ndarray:
+    """(B, P, d) features, (P, W) each position's window positions and (P, W) which of them lie
+    inside the grid (`grouping.window_table`) -> (B, P): 1 + Mahalanobis distance of each patch
+    to the Gaussian fitted on all images' patches of its window (unbiased covariance + reg * I),
+    positions chunked to the budget."""
+    b, p, d = x.shape
+    w = table.shape[1]
+    per_position = 4 * (3 * w * b * d + 4 * d * d + 3 * b * d)
+    step = _steps(p, per_position, budget_mb / THREADS, None)
+    xd, tab, val = jnp.asarray(x, jnp.float32), jnp.asarray(table), jnp.asarray(valid)
+    (out,) = map_chunks(lambda pos: _window_gaussian_chunk(xd, tab, val, jnp.asarray(pos), reg),
+                        [np.arange(p, dtype=np.int32)], step, progress=progress,
+                        desc="neighbourhood gaussian")
+    return out.T
+
+
+# A neighbour form's scorer: (N, n) distances ascending, (N, n) indices into the N patches -> (N,).
+NeighbourScorer = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+# A window form: (B, P, d) features, (P, W) window positions, (P, W) inside the grid, budget_mb,
+# progress -> (B, P) scores.
+WindowScorer = Callable[[np.ndarray, np.ndarray, np.ndarray, float, bool], np.ndarray]
+
+
 @dataclasses.dataclass(frozen=True)
 class Discriminator:
     """make(k) -> the group scorer (B, D) -> (B,); k: neighbours, for those that use them.
     make_chunk(k), where given, scores a whole chunk (G, B, D) -> (G, B) at once in place of
-    vmap(make(k)) (same scores)."""
+    vmap(make(k)) (same scores). neighbours / from_neighbours and window: the forms through
+    which ops/grouping.py runs it on candidates from several positions (module docstring)."""
     name: str
     make: Callable[[int], Callable[[jnp.ndarray], jnp.ndarray]]
     bytes_per_group: Callable[[int, int], int]   # (B, D) -> working-set bytes of one group
     min_group: Callable[[int], int] = lambda k: 2  # (k) -> the smallest group it can score
     make_chunk: Optional[Callable[[int], Callable[[jnp.ndarray], jnp.ndarray]]] = None
     cache_mb: Optional[float] = None  # working set per chunk to aim at (else: the budget's)
+    # (k) -> how many nearest candidates from_neighbours reads: grouping runs one kNN of that
+    # size and checks every patch has as many candidates. None: no neighbour form.
+    neighbours: Optional[Callable[[int], int]] = None
+    # Scores patches from their neighbour sets alone, so one kNN serves the `neighbourhood`,
+    # `global` and `auto` groupings (no B*P x B*P distances). None: no neighbour form.
+    from_neighbours: Optional[NeighbourScorer] = None
+    # Scores each position's window of patches directly, for a discriminator that fits a model
+    # per window rather than reading neighbours (the Gaussian): `neighbourhood` and `auto` only,
+    # as a window form has no `global` counterpart. Preferred over from_neighbours there.
+    window: Optional[WindowScorer] = None
 
 
 _REGISTRY: Dict[str, Discriminator] = {}
 
 
 def register(name: str, make, bytes_per_group=None, min_group=None, make_chunk=None,
-             cache_mb=None) -> Discriminator:
-    """Registers a discriminator under `name` (replacing one of that name)."""
+             cache_mb=None, *, neighbours: Optional[Callable[[int], int]] = None,
+             from_neighbours: Optional[NeighbourScorer] = None,
+             window: Optional[WindowScorer] = None) -> Discriminator:
+    """Registers a discriminator under `name` (replacing one of that name). `neighbours` and
+    `from_neighbours` declare its neighbour form, together or not at all; `window` its window
+    form (Discriminator)."""
+    if (neighbours is None) != (from_neighbours is None):
+        raise ValueError(f"discriminator {name!r}: a neighbour form needs both neighbours and "
+                         "from_neighbours")
     disc = Discriminator(name, make, bytes_per_group or (lambda b, d: 4 * (6 * b * b + 2 * b * d)),
-                         min_group or (lambda k: 2), make_chunk, cache_mb)
+                         min_group or (lambda k: 2), make_chunk, cache_mb, neighbours,
+                         from_neighbours, window)
     _REGISTRY[name] = disc
     return disc
 
@@ -201,15 +304,17 @@ def get(name: str) -> Discriminator:
     return _REGISTRY[name]
 
 
-register("nearest", lambda k: nearest_scores, cache_mb=CACHE_MB)
+register("nearest", lambda k: nearest_scores, cache_mb=CACHE_MB,
+         neighbours=lambda k: 1, from_neighbours=nearest_from_neighbours)
 register("gaussian", lambda k: gaussian_scores,
-         bytes_per_group=lambda b, d: 4 * (4 * d * d + 3 * b * d))
+         bytes_per_group=lambda b, d: 4 * (4 * d * d + 3 * b * d), window=window_gaussian_scores)
 # Working set of one group in lof_chunk_scores: the input and its centred copy (2 B D), the
 # GEMM output and the padded distances (~2 B^2), the per-row selection state (small, ~B (T + S)).
 register("lof", lambda k: functools.partial(lof_scores, k=k),
          bytes_per_group=lambda b, d: 4 * (3 * b * b + 3 * b * d),
          min_group=lambda k: k + 1,
-         make_chunk=lambda k: functools.partial(lof_chunk_scores, k=k), cache_mb=CACHE_MB)
+         make_chunk=lambda k: functools.partial(lof_chunk_scores, k=k), cache_mb=CACHE_MB,
+         neighbours=lambda k: k, from_neighbours=lof_from_neighbours)
 
 
 def _score(groups: jnp.ndarray, name: str, k: int) -> jnp.ndarray:

@@ -21,7 +21,12 @@ the flat index b * P + p. Every grouping returns (B, P) scores.
   where a part should be (a missing part looks like the background at the next position), which
   windows give away (alignment study, README).
 
-Per discriminator, with C(b, p) the candidates above:
+Each discriminator runs here through the forms it declares at registration
+(ops/discriminators.py), never by its name: a neighbour form (how many nearest candidates it
+reads, and a scorer of those neighbour sets) for `neighbourhood`, `global` and `auto`; a window
+form (a scorer of each position's window) for `neighbourhood` and `auto`, preferred over the
+neighbour form there. One without either runs under `position` only (`supporting`). The built-in
+ones, with C(b, p) the candidates above:
 - `nearest`: 1 + the distance to the nearest candidate.
 - `lof`: Local Outlier Factor on the candidate graph, scikit-learn's formula with neighbour sets
   from C: N_k(x) = the k nearest candidates of x (ties: lower index in the kNN's column order),
@@ -32,11 +37,11 @@ Per discriminator, with C(b, p) the candidates above:
   is exactly `LocalOutlierFactor(n_neighbors=k, metric='precomputed')` on the B*P x B*P distance
   matrix with the non-candidate pairs set far away (tests/ops/test_grouping.py), and with r = 0
   it is the position LOF.
-- `gaussian` (neighbourhood only): 1 + the Mahalanobis distance of (b, p) to a Gaussian fitted
-  on all images' patches of p's window (unbiased covariance + 0.01 I, as the position
-  Gaussian). All images, the own included: one fit per position (leaving each image out would
-  take B fits per position), and as in the position Gaussian the own patch is one sample of
-  many. `global` has no per-position Gaussian: an error.
+- `gaussian` (a window form, no neighbour form): 1 + the Mahalanobis distance of (b, p) to a
+  Gaussian fitted on all images' patches of p's window (unbiased covariance + 0.01 I, as the
+  position Gaussian). All images, the own included: one fit per position (leaving each image
+  out would take B fits per position), and as in the position Gaussian the own patch is one
+  sample of many. `global` has no per-position Gaussian: an error.
 
 Chunked and jitted: the window kNN runs over chunks of positions, the global kNN over chunks of
 query rows, each chunk's working set under `budget_mb` (and near the cache size, as
@@ -50,13 +55,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softpatch_jax.ops import discriminators, gaussian
+from softpatch_jax.ops import discriminators
 from softpatch_jax.ops.chunking import map_chunks
 
 GROUPINGS = ("position", "neighbourhood", "global", "auto")
-_SUPPORTED = {"neighbourhood": ("nearest", "gaussian", "lof"), "global": ("nearest", "lof")}
-_SUPPORTED["auto"] = _SUPPORTED["neighbourhood"]  # it runs as position or neighbourhood
 ALIGNED_SHARE = 0.5  # `auto`: position grouping from this share of patches met at their position
+
+
+def _runs_under(disc: discriminators.Discriminator, grouping: str) -> bool:
+    """Whether a discriminator declares what `grouping` needs: `global`, a neighbour form;
+    `neighbourhood` and `auto` (which runs as position or neighbourhood), a neighbour or a
+    window form; `position`, only its group scorer."""
+    if grouping == "position":
+        return True
+    if grouping == "global":
+        return disc.from_neighbours is not None
+    return disc.from_neighbours is not None or disc.window is not None
+
+
+def supporting(grouping: str) -> Tuple[str, ...]:
+    """The registered discriminators that run under `grouping`, in registration order."""
+    return tuple(n for n in discriminators.names() if _runs_under(discriminators.get(n), grouping))
 
 
 def check(grouping: str, radius: int, names: Sequence[str], field: str) -> None:
@@ -69,11 +88,12 @@ def check(grouping: str, radius: int, names: Sequence[str], field: str) -> None:
         raise ValueError(f"model.group_radius={radius!r} must be an integer >= 0 (patches)")
     if grouping == "position":
         return
+    able = supporting(grouping)
     for name in names:
-        if name not in _SUPPORTED[grouping]:
-            raise ValueError(f"model.grouping={grouping} does not support {field}={name}; use "
-                             f"{' or '.join(_SUPPORTED[grouping])} there, or another "
-                             "model.grouping")
+        if name not in able:
+            use = f"use {' or '.join(able)} there, or" if able else "no registered one does; use"
+            raise ValueError(f"model.grouping={grouping} does not support {field}={name}; "
+                             f"{use} another model.grouping")
 
 
 def window_table(grid: Tuple[int, int], radius: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -209,58 +229,6 @@ def global_neighbours(x, k: int, budget_mb: float = 1024,
     return dist.reshape(b, p, k), idx.reshape(b, p, k).astype(np.int64)
 
 
-@jax.jit
-def _lof(dist: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
-    k_distance = dist[:, -1]
-    reach = jnp.maximum(dist, k_distance[idx])
-    lrd = 1.0 / (jnp.mean(reach, axis=-1) + 1e-10)
-    return jnp.mean(lrd[idx], axis=-1) / lrd
-
-
-def lof_from_neighbours(dist: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """(B, P, k) neighbour distances ascending and flat indices into the B * P patches ->
-    (B, P) LOF scores (the formula in the module docstring; the same operations as
-    `discriminators.lof_chunk_scores`)."""
-    b, p, k = dist.shape
-    out = _lof(jnp.asarray(dist).reshape(b * p, k), jnp.asarray(idx, jnp.int32).reshape(b * p, k))
-    return np.asarray(out).reshape(b, p)
-
-
-@functools.partial(jax.jit, static_argnames=("reg",))
-def _window_gaussian_chunk(x, table, valid, positions, reg: float):
-    """x (B, P, d) -> (C, B) 1 + Mahalanobis distances of the C positions' patches to the
-    Gaussian of their window's patches of all images."""
-    b, p, dim = x.shape
-    w = table.shape[1]
-    samples = jnp.transpose(x[:, table[positions]], (1, 2, 0, 3)).reshape(len(positions), w * b,
-                                                                        dim)
-    inside = jnp.repeat(valid[positions], b, axis=1).astype(x.dtype)[..., None]  # (C, W * B, 1)
-    count = jnp.sum(inside, axis=1)                                               # (C, 1)
-    mean = jnp.sum(samples * inside, axis=1) / count                              # (C, d)
-    delta = (samples - mean[:, None]) * inside
-    cov = jnp.einsum("cnd,cne->cde", delta, delta, precision=jax.lax.Precision.HIGHEST)
-    cov = cov / (count[:, :, None] - 1.0) + reg * jnp.eye(dim, dtype=x.dtype)
-    chol = jnp.linalg.cholesky(cov)
-    queries = jnp.transpose(x[:, positions], (1, 0, 2))                           # (C, B, d)
-    return 1.0 + jax.vmap(gaussian.mahalanobis)(queries - mean[:, None], chol)
-
-
-def window_gaussian_scores(x, grid: Tuple[int, int], radius: int, budget_mb: float = 1024,
-                           reg: float = 0.01, progress: bool = False) -> np.ndarray:
-    """(B, P, d) -> (B, P): 1 + Mahalanobis distance of each patch to the Gaussian fitted on all
-    images' patches of its window (unbiased covariance + reg * I)."""
-    b, p, d = x.shape
-    table, valid = window_table(grid, radius)
-    w = table.shape[1]
-    per_position = 4 * (3 * w * b * d + 4 * d * d + 3 * b * d)
-    step = discriminators._steps(p, per_position, budget_mb / discriminators.THREADS, None)
-    xd, tab, val = jnp.asarray(x, jnp.float32), jnp.asarray(table), jnp.asarray(valid)
-    (out,) = map_chunks(lambda pos: _window_gaussian_chunk(xd, tab, val, jnp.asarray(pos), reg),
-                        [np.arange(p, dtype=np.int32)], step, progress=progress,
-                        desc="neighbourhood gaussian")
-    return out.T
-
-
 def aligned_share(x, grid: Tuple[int, int], radius: int, budget_mb: float = 1024) -> float:
     """(B, P, d) -> the share of the B * P patches whose nearest patch among the other images'
     patches of its radius-`radius` window (`window_neighbours`, ties to the lower column) lies
@@ -299,19 +267,20 @@ def grouped_scores(x, name: str, grouping: str = "position", k: int = 6, radius:
     if grouping == "neighbourhood" and (grid is None or grid[0] * grid[1] != p):
         raise ValueError(f"model.grouping=neighbourhood needs the patch grid of the {p} "
                          f"positions, got {grid}")
-    need = k if name == "lof" else 1
+    disc = discriminators.get(name)
+    by_window = grouping == "neighbourhood" and disc.window is not None
+    # A window form needs one patch of another image in every window; a neighbour form its own.
+    need = 1 if by_window else disc.neighbours(k)
     have = fewest_candidates(b, grid or (1, p), grouping, radius)
     if have < need:
         raise ValueError(f"the {name} discriminator (k={need}) under model.grouping={grouping} "
                          f"needs {need} candidate patches of other images, but some patches "
                          f"have {have} ({b} training images); add training images, raise "
                          "model.group_radius or lower model.lof_k")
-    if name == "gaussian":
-        return window_gaussian_scores(x, grid, radius, budget_mb, progress=progress)
+    if by_window:
+        return disc.window(x, *window_table(grid, radius), budget_mb, progress)
     if grouping == "neighbourhood":
         dist, idx = window_neighbours(x, grid, radius, need, budget_mb, progress)
     else:
         dist, idx = global_neighbours(x, need, budget_mb, progress)
-    if name == "nearest":
-        return 1.0 + dist[..., 0]
-    return lof_from_neighbours(dist, idx)
+    return discriminators.neighbour_scores(dist, idx, name)

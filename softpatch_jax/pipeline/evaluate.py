@@ -19,6 +19,7 @@ from softpatch_jax import data, methods
 from softpatch_jax.data import noise, preprocess
 from softpatch_jax.evaluation import metrics
 from softpatch_jax.features.extractor import make_extractor
+from softpatch_jax.features.types import BackboneSpec
 from softpatch_jax.io import checkpoint, html_report, report
 from softpatch_jax.files import json_safe, write_json
 from softpatch_jax.io.text import csv_text_cell
@@ -30,8 +31,8 @@ from softpatch_jax.timing import NO_CLOCK, STAGES, StageClock
 
 def extractor_for(config, method: methods.Method):
     """The feature extractor of `method` with the backbone fields of `config`."""
-    return make_extractor(config.model, method.features, config.seed, config.runtime.cache_dir,
-                          config.runtime.get("multi_device", True))
+    return make_extractor(BackboneSpec.from_config(config), method.features, config.seed,
+                          config.runtime.cache_dir, config.runtime.get("multi_device", True))
 
 
 def noise_file_list(spec: str):

@@ -28,6 +28,7 @@ from softpatch_jax.data import preprocess
 from softpatch_jax.data.mvtec import IMAGE_EXTS
 from softpatch_jax.data.samples import Sample
 from softpatch_jax.features.cache import config_key
+from softpatch_jax.features.types import BackboneSpec
 from softpatch_jax.io import checkpoint, html_report, plots
 from softpatch_jax.files import glob_once, staged_dir, walk_once, write_json
 from softpatch_jax.io.text import csv_text_cell
@@ -252,7 +253,7 @@ def predict_images(workdir: str, images: Sequence[str], category: str = "",
     for cat, (method, state, config) in fitted.items():
         compilation.enable_persistent_cache(config.runtime)  # the fit's (a no-op once set)
         d = config.data
-        key = config_key(config.model, d, method.features, config.seed)
+        key = config_key(BackboneSpec.from_config(config), d, method.features, config.seed)
         if key not in extractors:  # categories fitted with one backbone share it
             extractors[key] = evaluate.extractor_for(config, method)
         extractor = method.extractor_for(state, extractors[key])

@@ -21,6 +21,7 @@ import time
 
 from softpatch_jax import data, methods
 from softpatch_jax.features.cache import FeatureCache, config_key
+from softpatch_jax.features.types import BackboneSpec
 from softpatch_jax.io import html_report, plots, report
 from softpatch_jax.files import atomic_path, fingerprint, staged_dir, write_json
 from softpatch_jax.io.lock import workdir_lock
@@ -226,7 +227,7 @@ def _run_point(workdir, config, item, extractor, staging):
 
 def _extractor(workdir, pc, method, category, extractors):
     """The point's extractor: one per feature kind, with the shared feature cache."""
-    key = config_key(pc.model, pc.data, method.features, pc.seed)
+    key = config_key(BackboneSpec.from_config(pc), pc.data, method.features, pc.seed)
     if key not in extractors:
         extractors[key] = evaluate.extractor_for(pc, method)
     if not method.cacheable_features:

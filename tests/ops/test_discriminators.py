@@ -73,3 +73,9 @@ def test_a_registered_discriminator_runs_through_the_chunked_loop():
     ref = np.sqrt(((g - g.mean(1, keepdims=True)) ** 2).sum(-1))
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
     assert "test_spread" in discriminators.names()
+
+
+def test_a_neighbour_form_declares_both_its_count_and_its_scorer():
+    with pytest.raises(ValueError, match="needs both neighbours and from_neighbours"):
+        discriminators.register("test_half", lambda k: None, neighbours=lambda k: k)
+    assert "test_half" not in discriminators.names()

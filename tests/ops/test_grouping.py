@@ -1,6 +1,9 @@
 """Discriminator groupings (ops/grouping.py) against brute-force NumPy and scikit-learn references
 on the same candidate sets, chunking under the budget, and a misaligned set where position
 grouping fails and neighbourhood grouping does not."""
+import ast
+import inspect
+
 import numpy as np
 import pytest
 from sklearn.neighbors import LocalOutlierFactor
@@ -240,3 +243,25 @@ def test_aligned_share_equals_brute_force_and_decides_auto(shift):
     assert grouping.resolve("global", x, (8, 8), 2) == ("global", None)
     with pytest.raises(ValueError, match="decided per fit"):
         grouping.grouped_scores(x, "lof", "auto", k=3, radius=2, grid=(8, 8))
+
+
+def test_grouping_holds_no_discriminator_name():
+    """Registries are the only dispatch: ops/grouping.py runs a discriminator by what it declared
+    at registration, so no registered discriminator's name appears in it as a string literal
+    (a `name == "lof"` test, a table of names)."""
+    tree = ast.parse(inspect.getsource(grouping))
+    literals = {node.value for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert not literals & set(discriminators.names())
+
+
+def test_supported_discriminators_follow_their_declarations():
+    for name in discriminators.names():
+        disc = discriminators.get(name)
+        neighbour, window = disc.from_neighbours is not None, disc.window is not None
+        assert (name in grouping.supporting("global")) == neighbour
+        assert (name in grouping.supporting("neighbourhood")) == (neighbour or window)
+        assert grouping.supporting("auto") == grouping.supporting("neighbourhood")
+        assert name in grouping.supporting("position")
+    assert {"nearest", "lof"} <= set(grouping.supporting("global"))
+    assert "gaussian" not in grouping.supporting("global")

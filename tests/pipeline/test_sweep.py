@@ -6,6 +6,7 @@ import pytest
 
 from softpatch_jax import methods
 from softpatch_jax.features.cache import FeatureCache, config_key
+from softpatch_jax.features.types import BackboneSpec
 from softpatch_jax.pipeline import evaluate as train
 from softpatch_jax.pipeline import sweep
 
@@ -84,17 +85,20 @@ def test_features_are_extracted_once(mvtec_root, tmp_path):
 def test_cache_key_changes_with_what_changes_features(mvtec_root):
     c = _config(mvtec_root)
     spec = methods.from_config(c).features
-    base = config_key(c.model, c.data, spec, c.seed)
-    assert config_key(c.model, c.data, spec, c.seed) == base
+    base = config_key(BackboneSpec.from_config(c), c.data, spec, c.seed)
+    assert config_key(BackboneSpec.from_config(c), c.data, spec, c.seed) == base
     for section, field, value in (("data", "image_size", 64), ("model", "layers", "stage2,stage4"),
                                   ("model", "backbone", "efficientnet_lite1"),
                                   ("model", "weights", "random")):
         d = c.copy_and_resolve_references()
         d[section][field] = value
-        assert config_key(d.model, d.data, methods.from_config(d).features, d.seed) != base, field
+        key = config_key(BackboneSpec.from_config(d), d.data, methods.from_config(d).features,
+                         d.seed)
+        assert key != base, field
     d = c.copy_and_resolve_references()
     d.model.discriminator, d.noise.ratio = "gaussian", 0.3  # these reuse the features
-    assert config_key(d.model, d.data, methods.from_config(d).features, d.seed) == base
+    assert config_key(BackboneSpec.from_config(d), d.data, methods.from_config(d).features,
+                      d.seed) == base
 
 
 def test_impossible_point_fails_before_any_work(mvtec_root, tmp_path):
