@@ -39,7 +39,7 @@ from softpatch_jax.data import preprocess
 from softpatch_jax.evaluation import anomaly_map
 from softpatch_jax.features.extractor import Embedder
 from softpatch_jax.files import staged_dir, write_json
-from softpatch_jax.methods.fyd import model as fyd_model
+from softpatch_jax.ops import warp as affine
 
 PLATFORMS = ("cpu", "cuda")
 DEFAULT_BATCH = 8
@@ -133,7 +133,7 @@ def scoring_function(method, fitted, embedder: Embedder, config,
         patch, image = grids_and_image(x, feats)
         grids = patch.reshape(images.shape[0], h, w)
         if warps is not None:
-            grids = fyd_model.unwarp(grids, warps)
+            grids = affine.unwarp(grids, warps)
         maps = anomaly_map.apply_operators(grids, ky, kx)
         if image is None:
             image = maps.max(axis=(1, 2))

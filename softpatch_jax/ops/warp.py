@@ -74,3 +74,10 @@ def invert(theta: jnp.ndarray) -> jnp.ndarray:
     """(B, 2, 3) -> the inverse affine maps."""
     inv = jnp.linalg.inv(theta[:, :, :2])
     return jnp.concatenate([inv, -jnp.einsum("bij,bj->bi", inv, theta[:, :, 2])[..., None]], -1)
+
+
+def unwarp(grids: jnp.ndarray, warps: jnp.ndarray) -> jnp.ndarray:
+    """Score grids (T, h, w) in an aligned frame -> the input frame, with each image's warp
+    (T, 2, 3) (aligned -> input); traceable. Points that came from outside the aligned frame
+    take the nearest border value."""
+    return warp(grids[..., None], invert(warps), "border")[..., 0]

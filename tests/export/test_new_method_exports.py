@@ -1,56 +1,18 @@
-"""A newly registered method exports with no export code (issue 25): a toy method that writes
-only `traced_scorer` (no `score`) is scored in process by that function, matches a NumPy
-reference, and its export (`--mode=export`'s exporter, the folder's own loader.py) gives the
+"""A newly registered method exports with no export code (issue 25): the toy method
+(tests/toy_method.py), which writes only `traced_scorer` (no `score`), is scored in process by
+that function, matches a NumPy reference, and its export (`--mode=export`'s exporter, the folder's own loader.py) gives the
 same scores and maps."""
 import importlib.util
 import os
 
-import flax.struct
-import jax.numpy as jnp
 import numpy as np
 
 from softpatch_jax.export import exporter
 from softpatch_jax.methods import registry
-from softpatch_jax.methods.base import FeatureSpec, Method
 from softpatch_jax.pipeline import evaluate
-from softpatch_jax.settings import comma_list
 
 from test_export import BATCH, SIZE, _config, _fit, _images
-
-
-@flax.struct.dataclass
-class CentreState:
-    centre: np.ndarray  # (P, D) the mean training patch per position
-
-    def to_arrays(self):
-        return {"centre": np.asarray(self.centre)}
-
-
-class DistanceToCentre(Method):
-    """Squared distance of each patch to its position's mean training patch; image score: the
-    largest patch score."""
-    name = "toy_traced_centre"
-
-    def __init__(self, *, layers, image_size, blur_sigma):
-        self.features = FeatureSpec(tuple(layers))
-        self.image_size, self.blur_sigma = image_size, blur_sigma
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(layers=comma_list(config.model.layers), image_size=config.data.image_size,
-                   blur_sigma=config.model.blur_sigma)
-
-    def fit(self, features, key, learned=None, progress=True):
-        return CentreState(features.patches.mean(axis=0))
-
-    def traced_scorer(self, fitted):
-        def scorer(inputs, feats):  # (N, P, D) -> (N, P), (N,)
-            patch = jnp.sum((feats - inputs["centre"]) ** 2, axis=-1)
-            return patch, patch.max(axis=1)
-        return scorer, {"centre": np.asarray(fitted.centre, np.float32)}
-
-    def fitted_from_arrays(self, arrays):
-        return CentreState(arrays["centre"])
+from toy_method import DistanceToMean
 
 
 def _loader(folder):
@@ -62,14 +24,14 @@ def _loader(folder):
 
 def test_a_method_with_only_a_traced_scorer_scores_and_exports(mvtec_root, cache_dir, tmp_path,
                                                                  monkeypatch):
-    monkeypatch.setitem(registry._METHODS, DistanceToCentre.name, DistanceToCentre)
-    assert DistanceToCentre.exportable() and DistanceToCentre.name in exporter.exportable()
-    c = _config(mvtec_root, cache_dir, DistanceToCentre.name)
+    monkeypatch.setitem(registry._METHODS, DistanceToMean.name, DistanceToMean)
+    assert DistanceToMean.exportable() and DistanceToMean.name in exporter.exportable()
+    c = _config(mvtec_root, cache_dir, DistanceToMean.name)
     workdir = str(tmp_path / "w")
     samples, ref = _fit(c, workdir, {})
 
     # In process: the base class ran the traced scorer; a NumPy reference agrees.
-    method = DistanceToCentre.from_config(c)
+    method = DistanceToMean.from_config(c)
     extractor = evaluate.extractor_for(c, method)
     feats = extractor.extract(samples, SIZE, SIZE, 8).patches.astype(np.float64)
     split = evaluate.prepare_split(c, "widget")

@@ -237,13 +237,7 @@ class AlignedEmbedder:
         return Features(feats, self.grid(image_size), warps)
 
 
-def unwarp(grids: jnp.ndarray, warps: jnp.ndarray) -> jnp.ndarray:
-    """Score grids (T, h, w) in the aligned frame -> the input frame, with each image's warp
-    (T, 2, 3) (aligned -> input); traceable. Points that came from outside the aligned frame
-    take the nearest border value."""
-    return affine.warp(grids[..., None], affine.invert(warps), "border")[..., 0]
-
-
 def unwarp_grids(grids: np.ndarray, warps: np.ndarray) -> np.ndarray:
-    """`unwarp` on host arrays (float32)."""
-    return np.asarray(unwarp(jnp.asarray(grids, jnp.float32), jnp.asarray(warps, jnp.float32)))
+    """`ops.warp.unwarp` on host arrays (float32)."""
+    return np.asarray(affine.unwarp(jnp.asarray(grids, jnp.float32),
+                                    jnp.asarray(warps, jnp.float32)))
