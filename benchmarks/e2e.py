@@ -226,7 +226,7 @@ def main(quick: bool = False) -> None:
 
     tmp = tempfile.mkdtemp(prefix="softpatch_bench_e2e_", dir="/tmp")
     try:
-        _main(quick, tmp, default_config.get_config().model.backbone)
+        _main(quick, tmp, default_config.get_config().backbone.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -37,6 +37,7 @@ from softpatch_jax.files import atomic_path, write_json
 from softpatch_jax import defaults
 from softpatch_jax.pipeline import cli, provenance, validation
 from softpatch_jax.settings import comma_list
+from softpatch_jax.upgrade import upgrade_flat
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/study", "Study folder: one sweep folder per dataset, study.md.")
@@ -120,7 +121,7 @@ def _parent(config, dotted: str, create: bool = False):
 
 def pin_config(config, root: str):
     """The study's config with the field set of its first run (module docstring) -> (config,
-    [warnings])."""
+    [warnings]). A pinned config written by 0.2 is read with today's field names."""
     path = os.path.join(root, PINNED)
     live = _base_fields(config)
     if not os.path.isfile(path):
@@ -128,7 +129,7 @@ def pin_config(config, root: str):
         write_json(path, live)
         return config, []
     with open(path) as f:
-        pinned = json.load(f)
+        pinned = upgrade_flat(json.load(f))  # a study pinned by 0.2: today's names
     added = sorted(set(live) - set(pinned))
     removed = sorted(set(pinned) - set(live))
     changed = sorted(d for d in set(live) & set(pinned) if live[d] != pinned[d])
@@ -215,8 +216,8 @@ def caption(config) -> List[str]:
         d = config.sweep.data[name]
         lines.append(f"- `{name}`: data.name={d.name}, data.root={d.root or repr('')}, "
                      f"category {d.category}, max_train {d.max_train}, max_test {d.max_test}")
-    m, d = config.model, config.data
-    lines += ["", f"Backbone {m.backbone} ({m.layers}), image_size {d.image_size}, resize "
+    b, d = config.backbone, config.data
+    lines += ["", f"Backbone {b.name} ({b.layers}), image_size {d.image_size}, resize "
               f"{d.resize}, seed {config.seed}. `none` = PatchCore through SoftPatch (no "
               "discriminator), `lof` = SoftPatch-LOF (position grouping), `patchcore` = the "
               "PatchCore method (reference, clean data only). Rows: dataset (/ category), noise "

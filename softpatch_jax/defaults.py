@@ -33,43 +33,58 @@ def get_config() -> ml_collections.ConfigDict:
     config.noise.fold = 0                 # selects an independent draw of the noise
     config.noise.files = ""               # comma list of test sample names, overrides the draw
 
+    # The backbone every method extracts with (features/types.BackboneSpec reads it).
+    config.backbone = ml_collections.ConfigDict()
+    config.backbone.name = "efficientnet_lite0"
+    config.backbone.weights = ""          # '' = packaged ImageNet weights, 'random', or a .pth path
+    config.backbone.layers = "stage3,stage5"  # memory-bank taps: stride-8 and stride-16 stage ends
+    config.backbone.dtype = "float32"     # compute dtype: float32 | bfloat16
+    config.backbone.patch_size = 3        # locally aware patch features: neighbourhood
+    config.backbone.embed_dim = 1024      # locally aware patch features: pooled size
+
     config.model = ml_collections.ConfigDict()
-    config.model.backbone = "efficientnet_lite0"
-    config.model.weights = ""             # '' = packaged ImageNet weights, 'random', or a .pth path
-    config.model.layers = "stage3,stage5"  # taps: stride-8 and stride-16 stage ends
-    config.model.dtype = "float32"        # backbone compute dtype: float32 | bfloat16
     config.model.method = "softpatch"     # softpatch | softpatch_plus | patchcore | padim | fyd
-    config.model.discriminator = "lof"    # softpatch: none (PatchCore) | nearest | gaussian | lof
-    config.model.threshold = 0.15
-    config.model.lof_k = 6
+    config.model.blur_sigma = 4.0         # every method: Gaussian smoothing of the anomaly maps
+
+    # The memory bank (patchcore, softpatch, softpatch_plus).
+    config.bank = ml_collections.ConfigDict()
+    config.bank.coreset_ratio = 0.1
+    config.bank.projection_dim = 128      # coreset and discriminators' random projection
+    config.bank.num_starts = 10
+    config.bank.num_nn = 1                # nearest neighbours averaged per patch score
+    config.bank.reweight_neighbours = 0   # PatchCore image-score reweighting (paper: 9); 0 = off
+
+    # Patch-level denoising (softpatch; softpatch_plus reads all but discriminator and ratio).
+    config.denoise = ml_collections.ConfigDict()
+    config.denoise.discriminator = "lof"  # softpatch: none (PatchCore) | nearest | gaussian | lof
+    config.denoise.ratio = 0.15           # share of the patches removed as noise
+    config.denoise.lof_k = 6
     # Discriminator groups: position | neighbourhood | global, or '' for the method's own:
     # softpatch position (the official code's), softpatch_plus auto (the alignment study's).
-    config.model.grouping = ""
-    config.model.group_radius = 2         # neighbourhood: Chebyshev window radius in patches
-    config.model.coreset_ratio = 0.1
-    config.model.soft_weight = True
-    config.model.embed_dim = 1024
-    config.model.patch_size = 3
-    config.model.projection_dim = 128
-    config.model.num_starts = 10
-    config.model.blur_sigma = 4.0
-    config.model.num_nn = 1               # nearest neighbours averaged per patch score
-    config.model.reweight_neighbours = 0  # PatchCore image-score reweighting (paper: 9); 0 = off
-    # SoftPatch+ (secondary sources; see README): fusion and the two banks' removal ratios.
-    config.model.fusion = "lof,gaussian"
-    config.model.fusion_rule = "mean"     # mean | max | weighted of the rank-normalised scores
-    config.model.fusion_weights = ""      # fusion_rule=weighted: one per fusion entry, e.g. 0.7,0.3
-    config.model.rank_norm = "global"     # ranks among all patches | position: per position's B
-    config.model.soft_source = "first"    # soft weights: first (its raw scores)|fused|lof|none
-    config.model.shared_projection = True  # one coreset projection for both banks (False: each own)
-    config.model.cls_threshold = 0.15     # classification bank (image scores)
-    config.model.seg_threshold = 0.5      # segmentation bank (anomaly maps)
-    # PaDiM: random channels of the first three levels (EfficientNet-Lite: stride 4, 8, 16).
-    config.model.padim_layers = "stage2,stage3,stage4"
-    config.model.padim_dim = 0            # 0 = the PaDiM paper's for the backbone (100; ResNet-50s: 550)
+    config.denoise.grouping = ""
+    config.denoise.group_radius = 2       # neighbourhood: Chebyshev window radius in patches
+    config.denoise.soft_weight = True
+
+    # SoftPatch+ (secondary sources; see README): fusion and the two banks' denoising ratios.
+    config.softpatch_plus = ml_collections.ConfigDict()
+    config.softpatch_plus.fusion = "lof,gaussian"
+    config.softpatch_plus.fusion_rule = "mean"  # mean | max | weighted of rank-normalised scores
+    config.softpatch_plus.fusion_weights = ""   # fusion_rule=weighted: one per entry, e.g. 0.7,0.3
+    config.softpatch_plus.rank_norm = "global"  # ranks among all patches | position: per position
+    # Soft weights: first (its raw scores) | fused | none | a discriminator's name (e.g. lof).
+    config.softpatch_plus.soft_source = "first"
+    config.softpatch_plus.shared_projection = True  # one coreset projection for both banks
+    config.softpatch_plus.cls_ratio = 0.15      # classification bank (image scores)
+    config.softpatch_plus.seg_ratio = 0.5       # segmentation bank (anomaly maps)
+
+    # PaDiM (and FYD's PaDiM): random channels of the first three levels (EfficientNet-Lite:
+    # stride 4, 8, 16).
+    config.padim = ml_collections.ConfigDict()
+    config.padim.layers = "stage2,stage3,stage4"
+    config.padim.dim = 0                  # 0 = the paper's for the backbone (100; ResNet-50s: 550)
 
     # FYD (model.method=fyd): alignment trained on the training images, then PaDiM on the aligned
-    # maps of model.padim_layers. Choices beyond METHOD.md are ours (README, "FYD").
+    # maps of padim.layers. Choices beyond METHOD.md are ours (README, "FYD").
     config.fyd = ml_collections.ConfigDict()
     config.fyd.epochs = 6
     config.fyd.batch_size = 16

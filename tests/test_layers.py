@@ -1,6 +1,6 @@
 """The package reads top-down (issue 25): every import of a package module, at the top of a file
 or inside a function, runs down the layers or stays in its layer, and no modules import each
-other in a circle. Layers, bottom first: the ground-floor modules (files, settings, timing,
+other in a circle. Layers, bottom first: the ground-floor modules (files, settings, timing, upgrade,
 defaults), ops, data, io, features, evaluation, methods, pipeline, export, main."""
 import ast
 import os
@@ -9,7 +9,7 @@ from typing import Dict, Set
 import softpatch_jax
 
 PACKAGE = os.path.dirname(softpatch_jax.__file__)
-LAYERS = (("files", "settings", "timing", "defaults"), ("ops",), ("data",), ("io",),
+LAYERS = (("files", "settings", "timing", "defaults", "upgrade"), ("ops",), ("data",), ("io",),
           ("features",), ("evaluation",), ("methods",), ("pipeline",), ("export",), ("main",))
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

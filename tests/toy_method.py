@@ -28,7 +28,7 @@ class DistanceToMean(Method):
 
     @classmethod
     def from_config(cls, config):
-        return cls(layers=comma_list(config.model.layers), image_size=config.data.image_size,
+        return cls(layers=comma_list(config.backbone.layers), image_size=config.data.image_size,
                    blur_sigma=config.model.blur_sigma)
 
     def fit(self, features, key, learned=None, progress=True):

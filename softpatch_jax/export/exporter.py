@@ -192,7 +192,7 @@ def export_category(workdir: str, category: str, checkpoint: str, batch: int = D
     d = config.data
     meta = {
         "category": category, "method": method.name, "label": method.label,
-        "backbone": config.model.backbone, "image_size": d.image_size, "resize": d.resize,
+        "backbone": config.backbone.name, "image_size": d.image_size, "resize": d.resize,
         "mean": preprocess.IMAGENET_MEAN.tolist(), "std": preprocess.IMAGENET_STD.tolist(),
         "batch_size": batch, "grid": list(embedder.grid(d.image_size)),
         "image_threshold": image, "pixel_threshold": pixel,

@@ -31,7 +31,7 @@ def config_key(backbone: BackboneSpec, data_config, spec: FeatureSpec, seed: int
                   dtype=backbone.dtype, embed_dim=backbone.embed_dim,
                   patch_size=backbone.patch_size, resize=data_config.resize,
                   image_size=data_config.image_size, version=convert.CONVERSION_VERSION,
-                  package=softpatch_jax.__version__)
+                  package=softpatch_jax.RESULTS_VERSION)
     return fingerprint(fields)
 
 

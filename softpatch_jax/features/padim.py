@@ -11,7 +11,7 @@ import numpy as np
 def select_channels(key: jax.Array, total: int, dim: int) -> np.ndarray:
     """`dim` distinct channel indices of `total`, ascending, drawn with `key`."""
     if not 0 < dim <= total:
-        raise ValueError(f"model.padim_dim={dim} must lie in 1..{total} (the tapped channels)")
+        raise ValueError(f"padim.dim={dim} must lie in 1..{total} (the tapped channels)")
     return np.sort(np.asarray(jax.random.choice(key, total, (dim,), replace=False)))
 
 

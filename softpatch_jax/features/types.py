@@ -8,8 +8,8 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    """The backbone fields of a config, read in one place (`from_config`): the extractor is
-    built from them and the feature cache keys on them."""
+    """The `backbone` section of a config, read in one place (`from_config`): the extractor is
+    built from it and the feature cache keys on it (`layers`: the methods' FeatureSpec)."""
     name: str                # efficientnet_lite0, ..., wide_resnet50_2
     weights: str = ""        # '' packaged ImageNet weights, 'random', or a state dict path
     dtype: str = "float32"   # the backbone's compute dtype
@@ -18,8 +18,8 @@ class BackboneSpec:
 
     @classmethod
     def from_config(cls, config) -> "BackboneSpec":
-        m = config.model
-        return cls(m.backbone, m.weights, m.dtype, m.embed_dim, m.patch_size)
+        b = config.backbone
+        return cls(b.name, b.weights, b.dtype, b.embed_dim, b.patch_size)
 
 
 @dataclasses.dataclass(frozen=True)

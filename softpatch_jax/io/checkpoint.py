@@ -5,7 +5,7 @@ resolved config and a reference to the backbone (name, taps, weights file and it
 Each category's folder is an `ocp.CheckpointManager` keeping the latest step: a save writes a new
 step beside the old one and orbax commits it atomically, so an interrupted save leaves the
 previous model loadable. Folders written before the manager (the checkpoint itself at the path,
-or its `.old` twin from an interrupted swap) still load.
+or its `.old` twin from an interrupted swap) still load; a config stored by 0.2 is upgraded.
 """
 import os
 from typing import Dict, Tuple
@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from softpatch_jax.files import file_sha256
+from softpatch_jax.upgrade import upgrade
 
 
 def _manager(path: str, create: bool) -> ocp.CheckpointManager:
@@ -27,7 +28,7 @@ def save_model(path: str, arrays: Dict[str, np.ndarray], config: dict,
                grid: Tuple[int, int]) -> None:
     """Saves one category's fitted model (`fitted.to_arrays()`) to `path`, replacing an older
     one."""
-    weights = config["model"]["weights"]
+    weights = config["backbone"]["weights"]
     meta = {"config": config, "grid": list(grid),
             "weights_sha256": file_sha256(weights) if weights not in ("", "random")
             else weights}
@@ -65,8 +66,8 @@ def load_model(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
             raise FileNotFoundError(f"no fitted model at {path!r}; run the fit first "
                                     "(python -m softpatch_jax.main --config ... --workdir DIR)")
         restored = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(path, args=args)
-    meta = restored["meta"]
-    weights = meta["config"]["model"]["weights"]
+    meta = dict(restored["meta"], config=upgrade(restored["meta"]["config"]).to_dict())  # 0.2's too
+    weights = meta["config"]["backbone"]["weights"]
     if weights not in ("", "random") and os.path.isfile(weights):
         if file_sha256(weights) != meta["weights_sha256"]:
             raise ValueError(f"backbone weights {weights!r} changed since the model was fitted; "

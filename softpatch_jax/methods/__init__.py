@@ -1,17 +1,18 @@
 """The methods behind `model.method`, selected by name in this one place.
 
-- `softpatch`: SoftPatch with `model.discriminator` (`none` makes it PatchCore).
-- `patchcore`: no denoising, no soft weights; `model.num_nn` nearest neighbours and, with
-  `model.reweight_neighbours` > 0, the PatchCore paper's softmax reweighting of image scores.
-- `softpatch_plus`: fused discriminators (`model.fusion`, rank-normalised, `model.fusion_rule`),
-  a classification bank (`model.cls_threshold`) for image scores and a segmentation bank
-  (`model.seg_threshold`) for maps.
-- `padim`: a Gaussian per position over `model.padim_dim` random channels of `model.padim_layers`.
+- `softpatch`: SoftPatch with `denoise.discriminator` (`none` makes it PatchCore).
+- `patchcore`: no denoising, no soft weights; `bank.num_nn` nearest neighbours and, with
+  `bank.reweight_neighbours` > 0, the PatchCore paper's softmax reweighting of image scores.
+- `softpatch_plus`: fused discriminators (`softpatch_plus.fusion`, rank-normalised,
+  `softpatch_plus.fusion_rule`), a classification bank (`softpatch_plus.cls_ratio`) for image
+  scores and a segmentation bank (`softpatch_plus.seg_ratio`) for maps.
+- `padim`: a Gaussian per position over `padim.dim` random channels of `padim.layers`.
 - `fyd`: PaDiM on maps aligned by spatial transformers trained on the training images.
 
 Adding a method: a `Method` subclass (methods/base.py) in a new module and `register(cls)`;
 adding a discriminator: a scorer and `ops.discriminators.register(name, ...)`.
 """
+from softpatch_jax import upgrade
 from softpatch_jax.methods import fyd, padim, patchcore, softpatch  # noqa: F401 (registration)
 from softpatch_jax.methods.base import Features, FeatureSpec, Method, Scores  # noqa: F401
 from softpatch_jax.methods.registry import get, names, register  # noqa: F401
@@ -25,33 +26,67 @@ def from_config(config) -> Method:
     return get(config.model.method).from_config(config)
 
 
-def sweep_overrides(entry: str, model=None) -> dict:
-    """A sweep's method entry -> the `config.model` fields it sets: a registered method name
-    (other than the default) selects that method; a discriminator name (or `none`) selects
-    SoftPatch with that discriminator. A variant, `name@field=value@field=value` (e.g.
-    `lof@grouping=neighbourhood`), also sets those `config.model` fields; `model` (the
-    config.model block) says which fields exist and their types (bool, int, float or str; in a
-    str value `+` stands for `,`, which separates the sweep's entries: `fusion=lof+nearest`)."""
+def sweep_overrides(entry: str, config=None) -> dict:
+    """A sweep's method entry -> the config fields it sets, as {'section.field': value}: a
+    registered method name (other than the default) selects that method; a discriminator name
+    (or `none`) selects SoftPatch with that discriminator. A variant,
+    `name@field=value@field=value` (e.g. `lof@grouping=neighbourhood`), also sets those fields:
+    `section.field`, or a field name found in one section only (0.2's `model.*` names too, e.g.
+    `threshold` for denoise.ratio); `config` says which fields exist and their types (bool,
+    int, float or str; in a str value `+` stands for `,`, which separates the sweep's entries:
+    `fusion=lof+nearest`)."""
     name, *variant = entry.split("@")
     if name in names() and name != DEFAULT:
-        fields = {"method": name}
+        fields = {"model.method": name}
     elif name == "none" or name in discriminators.names():
-        fields = {"method": DEFAULT, "discriminator": name}
+        fields = {"model.method": DEFAULT, "denoise.discriminator": name}
     else:
         raise ValueError(f"sweep.discriminators entry {entry!r} is neither a method "
                          f"({', '.join(names())}) nor a discriminator "
                          f"(none, {', '.join(discriminators.names())})")
     for setting in variant:
         field, sep, value = setting.partition("=")
-        if not sep or not field or field == "method":
+        if not sep or not field:
             raise ValueError(f"sweep.discriminators entry {entry!r}: {setting!r} must be "
-                             "field=value, a config.model field other than method, e.g. "
-                             "lof@grouping=neighbourhood")
-        if model is None or field not in model:
-            raise ValueError(f"sweep.discriminators entry {entry!r}: model.{field} is not a "
-                             "config field")
-        fields[field] = _typed(value, model[field], f"{entry!r}: model.{field}")
+                             "field=value, e.g. lof@grouping=neighbourhood")
+        dotted = _variant_field(field, config, entry)
+        section, key = dotted.split(".")
+        fields[dotted] = _typed(value, config[section][key], f"{entry!r}: {dotted}")
     return fields
+
+
+# Sections a sweep variant may set (the method is the entry's name), with those registered
+# methods declare (Method.config_fields).
+VARIANT_SECTIONS = ("model", "backbone", "bank", "denoise", "softpatch_plus", "padim", "fyd")
+
+
+def _variant_sections() -> tuple:
+    own = [s for n in names() for s in get(n).config_fields if s not in VARIANT_SECTIONS]
+    return VARIANT_SECTIONS + tuple(dict.fromkeys(own))
+
+
+def _variant_field(field: str, config, entry: str) -> str:
+    """A variant's field as 'section.field' (see sweep_overrides)."""
+    if config is None:
+        raise ValueError(f"sweep.discriminators entry {entry!r}: variants need the config")
+    sections = _variant_sections()
+    if "." in field:
+        candidates = [field]
+    else:
+        renamed = upgrade.renamed_override(f"model.{field}")
+        candidates = [renamed] if renamed else [
+            f"{s}.{field}" for s in sections if s in config and field in config[s]]
+    if len(candidates) > 1:
+        raise ValueError(f"sweep.discriminators entry {entry!r}: {field} is a field of "
+                         f"{' and '.join(candidates)}; name one, e.g. {candidates[0]}=...")
+    dotted = candidates[0] if candidates else field
+    section, _, key = dotted.partition(".")
+    if section not in sections or key not in (config.get(section) or {}) \
+            or dotted == "model.method":
+        raise ValueError(f"sweep.discriminators entry {entry!r}: {field} is not a config field "
+                         f"a variant can set (a field of {', '.join(sections)}, other than "
+                         "model.method)")
+    return dotted
 
 
 def _typed(value: str, like, where: str):

@@ -32,13 +32,12 @@ class GaussianState:
 def feature_options(config) -> dict:
     """PaDiM's feature fields (shared with FYD): taps and channel count (0 = the paper's for the
     backbone)."""
-    m = config.model
-    if m.padim_dim < 0:
-        raise ValueError(f"model.padim_dim={m.padim_dim} must be >= 0 (0 = the backbone's "
-                         "default)")
-    return dict(layers=tuple(comma_list(m.padim_layers)),
-                channels=m.padim_dim or padim_dim(m.backbone),
-                image_size=config.data.image_size, blur_sigma=m.blur_sigma,
+    p = config.padim
+    if p.dim < 0:
+        raise ValueError(f"padim.dim={p.dim} must be >= 0 (0 = the backbone's default)")
+    return dict(layers=tuple(comma_list(p.layers)),
+                channels=p.dim or padim_dim(config.backbone.name),
+                image_size=config.data.image_size, blur_sigma=config.model.blur_sigma,
                 budget_mb=config.runtime.memory_budget_mb)
 
 

@@ -63,10 +63,10 @@ def build_bank(train_features: np.ndarray, sampling: np.ndarray, soft: np.ndarra
     n = b * p
     m = int(coreset_ratio * n)
     if m < 1:
-        raise ValueError(f"model.coreset_ratio={coreset_ratio} keeps no patch of {n}; raise it")
+        raise ValueError(f"bank.coreset_ratio={coreset_ratio} keeps no patch of {n}; raise it")
     eligible = int(sampling.sum())
     if m > eligible:
-        raise ValueError(f"model.coreset_ratio={coreset_ratio} asks for {m} bank entries but only "
+        raise ValueError(f"bank.coreset_ratio={coreset_ratio} asks for {m} bank entries but only "
                          f"{eligible} patches are eligible after denoising; lower the ratio or "
                          "the denoising threshold")
     if coreset_ratio == 1.0:  # no subsampling: keep every eligible patch
@@ -233,22 +233,23 @@ def traced_image_scores(feats, patch, nearest, bank: dict, neighbours: int, rows
 
 
 def bank_options(config) -> dict:
-    """The memory-bank fields of `config` (shared by PatchCore, SoftPatch and SoftPatch+),
-    checked, as keyword arguments."""
-    m, runtime = config.model, config.runtime
-    if not 0.0 < m.coreset_ratio <= 1.0:
-        raise ValueError(f"model.coreset_ratio={m.coreset_ratio} must lie in (0, 1]")
-    if m.num_nn < 1:
-        raise ValueError(f"model.num_nn={m.num_nn} must be >= 1")
-    if m.reweight_neighbours < 0:
-        raise ValueError(f"model.reweight_neighbours={m.reweight_neighbours} must be >= 0")
+    """The `bank` section of `config` (shared by PatchCore, SoftPatch and SoftPatch+) with the
+    backbone's taps, checked, as keyword arguments."""
+    b, runtime = config.bank, config.runtime
+    if not 0.0 < b.coreset_ratio <= 1.0:
+        raise ValueError(f"bank.coreset_ratio={b.coreset_ratio} must lie in (0, 1]")
+    if b.num_nn < 1:
+        raise ValueError(f"bank.num_nn={b.num_nn} must be >= 1")
+    if b.reweight_neighbours < 0:
+        raise ValueError(f"bank.reweight_neighbours={b.reweight_neighbours} must be >= 0")
     budget = runtime.memory_budget_mb
-    exact = bool(runtime.get("exact_pruning", True))  # pruned exact paths (same results)
-    return dict(layers=tuple(comma_list(m.layers)), coreset_ratio=m.coreset_ratio,
-                num_nn=m.num_nn, reweight_neighbours=m.reweight_neighbours,
-                image_size=config.data.image_size, blur_sigma=m.blur_sigma, budget_mb=budget,
-                sampler=GreedyCoreset(m.projection_dim, m.num_starts, budget, pruning=exact),
-                search=make_search(budget, runtime.get("multi_device", True), exact))
+    exact = bool(runtime.exact_pruning)  # pruned exact paths (same results)
+    return dict(layers=tuple(comma_list(config.backbone.layers)),
+                coreset_ratio=b.coreset_ratio, num_nn=b.num_nn,
+                reweight_neighbours=b.reweight_neighbours, image_size=config.data.image_size,
+                blur_sigma=config.model.blur_sigma, budget_mb=budget,
+                sampler=GreedyCoreset(b.projection_dim, b.num_starts, budget, pruning=exact),
+                search=make_search(budget, runtime.multi_device, exact))
 
 
 class PatchCore(Method):
@@ -310,7 +311,7 @@ class PatchCore(Method):
         """Each training image scored without the bank entries taken from it: one more 1-NN
         pass over the training patches (`score` with `exclude`)."""
         if self.reweight_neighbours > 0:  # its bank-neighbour support has no such form
-            raise NotImplementedError("model.reweight_neighbours > 0 has no leave-own-image-out "
+            raise NotImplementedError("bank.reweight_neighbours > 0 has no leave-own-image-out "
                                       "scoring")
         return self.score(fitted, features, exclude=np.arange(len(features)))
 

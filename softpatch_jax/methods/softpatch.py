@@ -1,13 +1,14 @@
 """SoftPatch and SoftPatch+ on the PatchCore memory bank (methods/patchcore.py).
 
 SoftPatch: project (B, P, D) training features to 128-d, score each position group with a
-discriminator (ops/discriminators.py), threshold at the global (1 - tau) quantile (hard: sampling
+discriminator (ops/discriminators.py), cut at the global (1 - tau) quantile, tau the denoising
+ratio `denoise.ratio` (hard: sampling
 weight 0), keep the scores as soft weights, then pick a weighted greedy coreset on a second,
 independent projection; test scores are the 1-NN squared distance times the nearest entry's soft
 weight. Discriminator `none` makes it PatchCore.
 
-SoftPatch+: several discriminators fused by rank normalisation; a classification bank (removal
-ratio `cls_threshold`) for image scores and a segmentation bank (`seg_threshold`) for maps.
+SoftPatch+: several discriminators fused by rank normalisation; a classification bank (denoising
+ratio `softpatch_plus.cls_ratio`) for image scores and a segmentation bank (`seg_ratio`) for maps.
 """
 import dataclasses
 import logging
@@ -30,15 +31,21 @@ from softpatch_jax.timing import NO_CLOCK, StageClock
 
 FUSION_RULES = ("mean", "max", "weighted")
 RANK_NORMS = ("global", "position")
-SOFT_SOURCES = ("first", "fused", "lof", "none")
+# softpatch_plus.soft_source: these, or any registered discriminator's raw scores (e.g. lof).
+SOFT_SOURCES = ("first", "fused", "none")
 
 
-def denoise(scores: np.ndarray, threshold: float):
-    """Global (1 - tau) quantile threshold. Returns (sampling weights in {0,1}, soft weights)."""
+def soft_sources() -> Tuple[str, ...]:
+    return SOFT_SOURCES + tuple(discriminators.names())
+
+
+def denoise(scores: np.ndarray, ratio: float):
+    """Removes the share `ratio` (tau) of the patches above the global (1 - tau) quantile of
+    `scores`. Returns (sampling weights in {0,1}, soft weights)."""
     if not np.isfinite(scores).all():
         raise ValueError("the discriminator produced non-finite scores (degenerate training "
-                         "features?); try another model.discriminator or more training images")
-    cut = np.quantile(scores.astype(np.float64), 1.0 - threshold)  # linear, as torch.quantile
+                         "features?); try another denoise.discriminator or more training images")
+    cut = np.quantile(scores.astype(np.float64), 1.0 - ratio)  # linear, as torch.quantile
     sampling = (scores <= cut).astype(np.float32)
     return sampling, np.maximum(scores, 0.0).astype(np.float32)
 
@@ -63,7 +70,7 @@ def rank_normalise(scores: np.ndarray, rank_norm: str = "global") -> np.ndarray:
         return rankdata(scores.reshape(-1)).reshape(scores.shape) / scores.size
     if rank_norm == "position":
         return rankdata(scores, axis=0) / scores.shape[0]
-    raise ValueError(f"model.rank_norm={rank_norm!r} is unknown; choose one of "
+    raise ValueError(f"softpatch_plus.rank_norm={rank_norm!r} is unknown; choose one of "
                      f"{', '.join(RANK_NORMS)}")
 
 
@@ -80,18 +87,18 @@ def fuse_ranks(scores: Sequence[np.ndarray], rule: str = "mean", rank_norm: str 
     if rule == "weighted":
         w = np.asarray(weights, np.float64)
         return np.tensordot(w, np.stack(ranks), axes=1) / w.sum()
-    raise ValueError(f"model.fusion_rule={rule!r} is unknown; choose one of "
+    raise ValueError(f"softpatch_plus.fusion_rule={rule!r} is unknown; choose one of "
                      f"{', '.join(FUSION_RULES)}")
 
 
 def _fusion_weights(spec, rule: str, n: int) -> Optional[Tuple[float, ...]]:
-    """model.fusion_weights (a comma list of floats, one per model.fusion entry) for the
+    """softpatch_plus.fusion_weights (a comma list of floats, one per fusion entry) for the
     weighted rule; must be empty for the others."""
     items = comma_list(spec)
     if rule != "weighted":
         if items:
-            raise ValueError(f"model.fusion_weights={spec!r} is read only by "
-                             "model.fusion_rule=weighted; empty it or set the rule")
+            raise ValueError(f"softpatch_plus.fusion_weights={spec!r} is read only by "
+                             "softpatch_plus.fusion_rule=weighted; empty it or set the rule")
         return None
     try:
         weights = tuple(float(v) for v in items)
@@ -99,16 +106,16 @@ def _fusion_weights(spec, rule: str, n: int) -> Optional[Tuple[float, ...]]:
         weights = ()
     if len(weights) != n or not all(np.isfinite(weights)) or min(weights) < 0 \
             or sum(weights) <= 0:
-        raise ValueError(f"model.fusion_weights={spec!r} must be {n} non-negative numbers, one "
-                         "per model.fusion entry, not all 0 (e.g. 0.7,0.3)")
+        raise ValueError(f"softpatch_plus.fusion_weights={spec!r} must be {n} non-negative "
+                         "numbers, one per softpatch_plus.fusion entry, not all 0 (e.g. 0.7,0.3)")
     return weights
 
 
-def _choice(m, field: str, default, choices) -> str:
-    """A choice field of config.model (configs saved before it existed: `default`)."""
-    value = m.get(field, default)
+def _choice(section, name: str, field: str, choices) -> str:
+    """A choice field (`field`, e.g. softpatch_plus.rank_norm) of its config `section`."""
+    value = section[name]
     if value not in choices:
-        raise ValueError(f"model.{field}={value!r} is unknown; choose one of "
+        raise ValueError(f"{field}={value!r} is unknown; choose one of "
                          f"{', '.join(map(str, choices))}")
     return value
 
@@ -116,13 +123,13 @@ def _choice(m, field: str, default, choices) -> str:
 def _check_discriminator(name: str, field: str) -> None:
     if name not in discriminators.names():
         raise ValueError(f"{field}={name!r} is unknown; choose "
-                         f"{'none, ' if field == 'model.discriminator' else ''}"
+                         f"{'none, ' if field == 'denoise.discriminator' else ''}"
                          f"{', '.join(discriminators.names())}")
 
 
 def _check_lof_k(k: int) -> None:
     if k < 1:
-        raise ValueError(f"model.lof_k={k} must be >= 1")
+        raise ValueError(f"denoise.lof_k={k} must be >= 1")
 
 
 def _check_fraction(value: float, field: str) -> None:
@@ -130,11 +137,11 @@ def _check_fraction(value: float, field: str) -> None:
         raise ValueError(f"{field}={value} must lie in [0, 1)")
 
 
-def _grouping_options(m, names: Sequence[str], field: str, default: str) -> dict:
-    """model.grouping and model.group_radius, checked for the discriminators `names` (named by
-    `field`). An empty model.grouping means the method's own `default`; configs saved before
-    these fields existed mean position grouping."""
-    grouping, radius = m.get("grouping", "position") or default, m.get("group_radius", 2)
+def _grouping_options(d, names: Sequence[str], field: str, default: str) -> dict:
+    """denoise.grouping and denoise.group_radius (of the denoise section `d`), checked for the
+    discriminators `names` (named by `field`). An empty denoise.grouping means the method's own
+    `default`."""
+    grouping, radius = d.grouping or default, d.group_radius
     grouping_ops.check(grouping, radius, names, field)
     return dict(grouping=grouping, group_radius=int(radius))
 
@@ -157,31 +164,31 @@ _AUTO_KEY = 17
 class SoftPatch(PatchCore):
     """SoftPatch with one discriminator (None: PatchCore's bank, no soft weights)."""
     name = "softpatch"
-    # model.grouping='' means this: the official code's groups (one position's B patches).
+    # denoise.grouping='' means this: the official code's groups (one position's B patches).
     default_grouping = "position"
 
-    def __init__(self, *, discriminator="lof", threshold: float = 0.15, lof_k: int = 6,
+    def __init__(self, *, discriminator="lof", denoise_ratio: float = 0.15, lof_k: int = 6,
                  soft_weight: bool = True, projection_dim: int = 128,
                  grouping: str = "", group_radius: int = 2, **bank):
         super().__init__(**bank)
         self.discriminator = None if discriminator in (None, "none") else discriminator
-        self.threshold, self.lof_k, self.projection_dim = threshold, lof_k, projection_dim
-        # '' (model.grouping's default) is this method's own grouping.
+        self.denoise_ratio, self.lof_k, self.projection_dim = denoise_ratio, lof_k, projection_dim
+        # '' (denoise.grouping's default) is this method's own grouping.
         self.grouping, self.group_radius = grouping or self.default_grouping, group_radius
         self.soft_weight = soft_weight and self.discriminator is not None
 
     @classmethod
     def from_config(cls, config) -> "SoftPatch":
-        m = config.model
-        if m.discriminator != "none":
-            _check_discriminator(m.discriminator, "model.discriminator")
-        _check_fraction(m.threshold, "model.threshold")
-        _check_lof_k(m.lof_k)
-        grouping = _grouping_options(m, [m.discriminator] if m.discriminator != "none" else [],
-                                     "model.discriminator", cls.default_grouping)
-        return cls(discriminator=m.discriminator, threshold=m.threshold, lof_k=m.lof_k,
-                   soft_weight=m.soft_weight, projection_dim=m.projection_dim, **grouping,
-                   **bank_options(config))
+        d = config.denoise
+        if d.discriminator != "none":
+            _check_discriminator(d.discriminator, "denoise.discriminator")
+        _check_fraction(d.ratio, "denoise.ratio")
+        _check_lof_k(d.lof_k)
+        grouping = _grouping_options(d, [d.discriminator] if d.discriminator != "none" else [],
+                                     "denoise.discriminator", cls.default_grouping)
+        return cls(discriminator=d.discriminator, denoise_ratio=d.ratio, lof_k=d.lof_k,
+                   soft_weight=d.soft_weight, projection_dim=config.bank.projection_dim,
+                   **grouping, **bank_options(config))
 
     @property
     def label(self) -> str:
@@ -195,7 +202,7 @@ class SoftPatch(PatchCore):
 
     def _resolve_grouping(self, features: Features,
                           key_disc: jax.Array) -> Tuple[str, Optional[float]]:
-        """This fit's grouping: model.grouping, or for `auto` position / neighbourhood by the
+        """This fit's grouping: denoise.grouping, or for `auto` position / neighbourhood by the
         training features' alignment (ops/grouping.py), and the share that decided it."""
         if self.grouping != "auto":
             return self.grouping, None
@@ -204,7 +211,7 @@ class SoftPatch(PatchCore):
                                             self.projection_dim), self.budget_mb)
         grouping, share = grouping_ops.resolve("auto", proj, features.grid, self.group_radius,
                                                self.budget_mb)
-        logging.info("model.grouping=auto: %.3f of the training patches meet their nearest "
+        logging.info("denoise.grouping=auto: %.3f of the training patches meet their nearest "
                      "other-image patch at their own position -> %s", share, grouping)
         return grouping, share
 
@@ -225,9 +232,9 @@ class SoftPatch(PatchCore):
         if n_train >= need:
             return
         if need > 2:  # a neighbour count sets it
-            raise ValueError(f"model.lof_k={self.lof_k} needs more than {need - 1} training "
+            raise ValueError(f"denoise.lof_k={self.lof_k} needs more than {need - 1} training "
                              f"images per position, but there are {n_train}; add training "
-                             "images or lower model.lof_k")
+                             "images or lower denoise.lof_k")
         super().check(n_train)
 
     def check(self, n_train: int) -> None:
@@ -248,7 +255,7 @@ class SoftPatch(PatchCore):
                 grouping, share = self._resolve_grouping(features, key_disc)
                 scores = self._noise_scores(features, key_disc, self.discriminator, progress,
                                             grouping)
-                sampling, soft = denoise(scores, self.threshold)
+                sampling, soft = denoise(scores, self.denoise_ratio)
         with clock.stage("coreset"):
             bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank,
                                    dataclasses.replace(self.sampler, progress=progress))
@@ -274,8 +281,8 @@ class SoftPatch(PatchCore):
 
 @flax.struct.dataclass
 class TwoBanks:
-    classification: MemoryBank   # image scores (removal ratio cls_threshold)
-    segmentation: MemoryBank     # anomaly maps (removal ratio seg_threshold)
+    classification: MemoryBank   # image scores (denoising ratio cls_ratio)
+    segmentation: MemoryBank     # anomaly maps (denoising ratio seg_ratio)
 
     def to_arrays(self):
         return {**self.classification.to_arrays("cls_"), **self.segmentation.to_arrays("seg_")}
@@ -289,77 +296,81 @@ class SoftPatchPlus(SoftPatch):
     """SoftPatch+: fused discriminators, two banks. Soft weights are the first discriminator's
     raw scores (as in SoftPatch; the paper's choice is not known: our assumption)."""
     name = "softpatch_plus"
-    # model.grouping='' means this, chosen by the alignment study (README, issue 17): windows
+    # denoise.grouping='' means this, chosen by the alignment study (README, issue 17): windows
     # where the parts move (0.01-0.06 image AUROC better there), position where they line up.
     default_grouping = "auto"
 
     def __init__(self, *, fusion=("lof", "gaussian"), fusion_rule: str = "mean",
-                 cls_threshold: float = 0.15, seg_threshold: float = 0.5,
+                 cls_ratio: float = 0.15, seg_ratio: float = 0.5,
                  rank_norm: str = "global", fusion_weights: Optional[Sequence[float]] = None,
                  soft_source: str = "first", shared_projection: bool = True, **softpatch):
         super().__init__(discriminator=None, **softpatch)
         self.fusion, self.fusion_rule = tuple(fusion), fusion_rule
-        self.cls_threshold, self.seg_threshold = cls_threshold, seg_threshold
+        self.cls_ratio, self.seg_ratio = cls_ratio, seg_ratio
         self.rank_norm, self.fusion_weights = rank_norm, fusion_weights
         self.soft_source, self.shared_projection = soft_source, shared_projection
         self.soft_weight = softpatch.get("soft_weight", True)
 
     @classmethod
     def from_config(cls, config) -> "SoftPatchPlus":
-        m = config.model
-        fusion = comma_list(m.fusion)
+        sp, d = config.softpatch_plus, config.denoise
+        fusion = comma_list(sp.fusion)
         if not fusion:
-            raise ValueError("model.fusion names no discriminator; e.g. lof,gaussian")
-        for d in fusion:
-            _check_discriminator(d, "model.fusion")
-        rule = _choice(m, "fusion_rule", "mean", FUSION_RULES)
-        weights = _fusion_weights(m.get("fusion_weights", ""), rule, len(fusion))
-        variants = dict(rank_norm=_choice(m, "rank_norm", "global", RANK_NORMS),
-                        soft_source=_choice(m, "soft_source", "first", SOFT_SOURCES),
-                        shared_projection=_choice(m, "shared_projection", True, (True, False)))
-        _check_fraction(m.cls_threshold, "model.cls_threshold")
-        _check_fraction(m.seg_threshold, "model.seg_threshold")
-        if m.seg_threshold < m.cls_threshold:
-            raise ValueError(f"model.seg_threshold={m.seg_threshold} must be >= "
-                             f"model.cls_threshold={m.cls_threshold} (the segmentation bank "
+            raise ValueError("softpatch_plus.fusion names no discriminator; e.g. lof,gaussian")
+        for name in fusion:
+            _check_discriminator(name, "softpatch_plus.fusion")
+        rule = _choice(sp, "fusion_rule", "softpatch_plus.fusion_rule", FUSION_RULES)
+        weights = _fusion_weights(sp.fusion_weights, rule, len(fusion))
+        variants = dict(
+            rank_norm=_choice(sp, "rank_norm", "softpatch_plus.rank_norm", RANK_NORMS),
+            soft_source=_choice(sp, "soft_source", "softpatch_plus.soft_source", soft_sources()),
+            shared_projection=_choice(sp, "shared_projection", "softpatch_plus.shared_projection",
+                                      (True, False)))
+        _check_fraction(sp.cls_ratio, "softpatch_plus.cls_ratio")
+        _check_fraction(sp.seg_ratio, "softpatch_plus.seg_ratio")
+        if sp.seg_ratio < sp.cls_ratio:
+            raise ValueError(f"softpatch_plus.seg_ratio={sp.seg_ratio} must be >= "
+                             f"softpatch_plus.cls_ratio={sp.cls_ratio} (the segmentation bank "
                              "removes more)")
-        _check_lof_k(m.lof_k)
-        grouping = _grouping_options(m, fusion, "model.fusion", cls.default_grouping)
+        _check_lof_k(d.lof_k)
+        grouping = _grouping_options(d, fusion, "softpatch_plus.fusion", cls.default_grouping)
         return cls(fusion=fusion, fusion_rule=rule, fusion_weights=weights,
-                   cls_threshold=m.cls_threshold, seg_threshold=m.seg_threshold, lof_k=m.lof_k,
-                   soft_weight=m.soft_weight, projection_dim=m.projection_dim, **variants,
-                   **grouping, **bank_options(config))
+                   cls_ratio=sp.cls_ratio, seg_ratio=sp.seg_ratio, lof_k=d.lof_k,
+                   soft_weight=d.soft_weight, projection_dim=config.bank.projection_dim,
+                   **variants, **grouping, **bank_options(config))
 
     @property
     def label(self) -> str:
         return "fused:" + ",".join(self.fusion) + self._grouping_label()
 
     def _discriminators(self) -> Tuple[str, ...]:
-        """The discriminators the fit runs: the fused ones, and LOF for soft_source=lof."""
-        extra = self.soft_source == "lof" and "lof" not in self.fusion
-        return self.fusion + (("lof",) if extra else ())
+        """The discriminators the fit runs: the fused ones, and the soft weights' source when
+        it is a discriminator not fused (soft_source=lof with fusion=nearest,gaussian)."""
+        extra = self.soft_source not in SOFT_SOURCES and self.soft_source not in self.fusion
+        return self.fusion + ((self.soft_source,) if extra else ())
 
     def check(self, n_train: int) -> None:
         self._check_train(n_train, self._discriminators())
 
     def _soft_weights(self, raw, fused: np.ndarray, features: Features, key_disc: jax.Array,
                       progress: bool, grouping: str) -> np.ndarray:
-        """(B, P) soft weights by model.soft_source: the first fused discriminator's raw scores
-        (clamped at 0), the fused ranks, LOF's raw scores (computed on its own projection,
-        key fold_in(key_disc, len(fusion)), when LOF is not fused), or ones (none)."""
-        if self.soft_source == "fused":
+        """(B, P) soft weights by softpatch_plus.soft_source: the first fused discriminator's raw
+        scores (clamped at 0), the fused ranks, ones (none), or a named discriminator's raw
+        scores (computed on its own projection, key fold_in(key_disc, len(fusion)), when it is
+        not fused)."""
+        source = self.soft_source
+        if source == "fused":
             return fused.astype(np.float32)
-        if self.soft_source == "none":
+        if source == "none":
             return np.ones(fused.shape, np.float32)
-        if self.soft_source == "lof":
-            if "lof" in self.fusion:
-                scores = raw[self.fusion.index("lof")]
-            else:
-                scores = self._noise_scores(
-                    features, jax.random.fold_in(key_disc, len(self.fusion)), "lof", progress,
-                    grouping)
-        else:
+        if source == "first":
             scores = raw[0]
+        elif source in self.fusion:
+            scores = raw[self.fusion.index(source)]
+        else:
+            scores = self._noise_scores(
+                features, jax.random.fold_in(key_disc, len(self.fusion)), source, progress,
+                grouping)
         return np.maximum(scores, 0.0).astype(np.float32)
 
     def fit_details(self, features: Features, key: jax.Array, progress: bool = True,
@@ -381,7 +392,7 @@ class SoftPatchPlus(SoftPatch):
         with clock.stage("coreset"):
             if self.coreset_ratio < 1.0 and self.shared_projection:  # one projection, 2 banks
                 reduced = sampler.project(train, jax.random.split(key_bank)[0])
-            for i, tau in enumerate((self.cls_threshold, self.seg_threshold)):
+            for i, tau in enumerate((self.cls_ratio, self.seg_ratio)):
                 sampling, _ = denoise(fused, tau)
                 # Not shared: the segmentation bank draws its own projection and starts.
                 key = (key_bank if self.shared_projection or i == 0

@@ -1,4 +1,4 @@
-"""Which training patches a noise discriminator compares each patch with (`model.grouping`).
+"""Which training patches a noise discriminator compares each patch with (`denoise.grouping`).
 
 x: (B, P, d) projected training features on an (h, w) patch grid, P = h * w; patch (b, p) has
 the flat index b * P + p. Every grouping returns (B, P) scores.
@@ -7,7 +7,7 @@ the flat index b * P + p. Every grouping returns (B, P) scores.
   each group (`discriminators.group_scores`), unchanged, bit for bit.
 - `neighbourhood`: the candidates of patch (b, p) are the patches (b', q) of every *other* image
   b' != b at the positions q of p's window, max(|q_row - p_row|, |q_col - p_col|) <= r
-  (`model.group_radius`, Chebyshev radius in patches, clipped at the grid's border): a part that
+  (`denoise.group_radius`, Chebyshev radius in patches, clipped at the grid's border): a part that
   moved by up to r patches still meets its own counterparts, and an image never vouches for
   itself. The relation is symmetric (q in the window of p iff p in the window of q).
 - `global`: the candidates of (b, p) are all patches of all other images, at any position.
@@ -80,20 +80,20 @@ def supporting(grouping: str) -> Tuple[str, ...]:
 
 def check(grouping: str, radius: int, names: Sequence[str], field: str) -> None:
     """One-line errors for a grouping, its radius and the discriminators run under it (`field`:
-    the config field naming them, model.discriminator or model.fusion)."""
+    the config field naming them, denoise.discriminator or softpatch_plus.fusion)."""
     if grouping not in GROUPINGS:
-        raise ValueError(f"model.grouping={grouping!r} is unknown; choose one of "
+        raise ValueError(f"denoise.grouping={grouping!r} is unknown; choose one of "
                          f"{', '.join(GROUPINGS)}, or '' for the method's own")
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
-        raise ValueError(f"model.group_radius={radius!r} must be an integer >= 0 (patches)")
+        raise ValueError(f"denoise.group_radius={radius!r} must be an integer >= 0 (patches)")
     if grouping == "position":
         return
     able = supporting(grouping)
     for name in names:
         if name not in able:
             use = f"use {' or '.join(able)} there, or" if able else "no registered one does; use"
-            raise ValueError(f"model.grouping={grouping} does not support {field}={name}; "
-                             f"{use} another model.grouping")
+            raise ValueError(f"denoise.grouping={grouping} does not support {field}={name}; "
+                             f"{use} another denoise.grouping")
 
 
 def window_table(grid: Tuple[int, int], radius: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -235,7 +235,7 @@ def aligned_share(x, grid: Tuple[int, int], radius: int, budget_mb: float = 1024
     at its own position."""
     b, p, _ = x.shape
     if grid is None or grid[0] * grid[1] != p:
-        raise ValueError(f"model.grouping=auto needs the patch grid of the {p} positions, "
+        raise ValueError(f"denoise.grouping=auto needs the patch grid of the {p} positions, "
                          f"got {grid}")
     _, idx = window_neighbours(x, grid, radius, 1, budget_mb)
     return float(np.mean(idx[..., 0] % p == np.arange(p)[None]))
@@ -258,14 +258,14 @@ def grouped_scores(x, name: str, grouping: str = "position", k: int = 6, radius:
     `grouping` (module docstring); `grid` (h, w), h * w = P, for `neighbourhood`."""
     b, p, _ = x.shape
     if grouping == "auto":
-        raise ValueError("model.grouping=auto is decided per fit (grouping.resolve) before the "
+        raise ValueError("denoise.grouping=auto is decided per fit (grouping.resolve) before the "
                          "discriminators run")
     if grouping == "position":
         groups = jnp.transpose(jnp.asarray(x), (1, 0, 2))  # (P, B, d): one group per position
         return discriminators.group_scores(groups, name, k, budget_mb, progress).T
-    check(grouping, radius, [name], "model.discriminator")
+    check(grouping, radius, [name], "denoise.discriminator")
     if grouping == "neighbourhood" and (grid is None or grid[0] * grid[1] != p):
-        raise ValueError(f"model.grouping=neighbourhood needs the patch grid of the {p} "
+        raise ValueError(f"denoise.grouping=neighbourhood needs the patch grid of the {p} "
                          f"positions, got {grid}")
     disc = discriminators.get(name)
     by_window = grouping == "neighbourhood" and disc.window is not None
@@ -273,10 +273,10 @@ def grouped_scores(x, name: str, grouping: str = "position", k: int = 6, radius:
     need = 1 if by_window else disc.neighbours(k)
     have = fewest_candidates(b, grid or (1, p), grouping, radius)
     if have < need:
-        raise ValueError(f"the {name} discriminator (k={need}) under model.grouping={grouping} "
+        raise ValueError(f"the {name} discriminator (k={need}) under denoise.grouping={grouping} "
                          f"needs {need} candidate patches of other images, but some patches "
                          f"have {have} ({b} training images); add training images, raise "
-                         "model.group_radius or lower model.lof_k")
+                         "denoise.group_radius or lower denoise.lof_k")
     if by_window:
         return disc.window(x, *window_table(grid, radius), budget_mb, progress)
     if grouping == "neighbourhood":

@@ -89,7 +89,7 @@ def _run(batch: List[_Request]) -> List[np.ndarray]:
     sizes = [len(r.reduced) for r in batch]
     starts = {r.num_starts for r in batch}
     if len(starts) != 1:
-        raise ValueError("points of one batch must share model.num_starts")
+        raise ValueError("points of one batch must share bank.num_starts")
     picks = coreset.greedy_coreset_batch(xs, max(r.count for r in batch), [r.key for r in batch],
                                          ws, num_starts=starts.pop(), sizes=sizes)
     return [np.asarray(p[:r.count]) for p, r in zip(picks, batch)]

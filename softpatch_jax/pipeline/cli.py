@@ -22,6 +22,8 @@ import threading
 
 from absl import flags
 
+from softpatch_jax import upgrade
+
 
 def fail(message: str):
     print(f"error: {message}", file=sys.stderr)
@@ -76,9 +78,32 @@ def unknown_override(argv, name: str = "config") -> str:
     return ""
 
 
+def renamed_overrides(argv, name: str = "config") -> list:
+    """`argv` with overrides of fields 0.2 named otherwise (`--config.model.threshold=0.2`) under
+    today's names (`--config.denoise.ratio=0.2`), each with a note on stderr; unchanged where
+    the config file itself holds the field (a file in 0.2's shape, upgraded after the
+    overrides: softpatch_jax/upgrade.py)."""
+    out, config = [], None
+    for arg in argv:
+        flag, sep, value = arg.partition("=")
+        new = upgrade.renamed_override(flag[len(name) + 3:]) if flag.startswith(
+            f"--{name}.model.") else ""
+        if new:
+            config = _load_config(_config_file(argv, name)) if config is None else config
+            field = flag[len(name) + 9:]
+            if config is not None and field not in config.get("model", {}):
+                print(f"note: {flag} is 0.2's name of --{name}.{new}; read as that",
+                      file=sys.stderr)
+                arg = f"--{name}.{new}{sep}{value}"
+        out.append(arg)
+    return out
+
+
 def parse_flags(argv):
     """`app.run(main, flags_parser=parse_flags)`: parses the flags; a bad flag, a config file
-    that does not load or an override of an unknown field is one line and exit code 2."""
+    that does not load or an override of an unknown field is one line and exit code 2. 0.2's
+    names of renamed fields are read as today's (`renamed_overrides`)."""
+    argv = renamed_overrides(argv)
     try:
         rest = flags.FLAGS(argv)
         config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None

@@ -44,7 +44,7 @@ def enable_persistent_cache(runtime) -> Optional[str]:
     (or False) switches (or turns off) the cache that an earlier call turned on. -> the cache's
     directory, or None when off."""
     global _cache_dir
-    want = cache_dir(runtime) if runtime.get("compilation_cache", True) else None
+    want = cache_dir(runtime) if runtime.compilation_cache else None
     with _lock:
         current = jax.config.jax_compilation_cache_dir
         if current and current != _cache_dir:  # the user's own (JAX_COMPILATION_CACHE_DIR)

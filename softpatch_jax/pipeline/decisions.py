@@ -83,10 +83,10 @@ class Settings:
             if not 0.0 < t[field] < 1.0:
                 raise ValueError(f"threshold.{field}={t[field]} must lie in (0, 1), e.g. 0.01")
         return cls(bool(a.enabled), a.score, float(a.quantile), contamination,
-                   bool(a.lof_pass), int(config.model.lof_k), int(config.model.projection_dim),
+                   bool(a.lof_pass), int(config.denoise.lof_k), int(config.bank.projection_dim),
                    t.source, int(t.folds), float(t.false_reject), float(t.pixel_false_reject),
                    float(config.runtime.memory_budget_mb),
-                   bool(config.runtime.get("exact_pruning", True)))
+                   bool(config.runtime.exact_pruning))
 
 
 @dataclasses.dataclass

@@ -27,12 +27,13 @@ from softpatch_jax.pipeline import (compilation, console, decisions, provenance,
                                     validation)
 from softpatch_jax.settings import comma_list
 from softpatch_jax.timing import NO_CLOCK, STAGES, StageClock
+from softpatch_jax.upgrade import upgrade
 
 
 def extractor_for(config, method: methods.Method):
     """The feature extractor of `method` with the backbone fields of `config`."""
     return make_extractor(BackboneSpec.from_config(config), method.features, config.seed,
-                          config.runtime.cache_dir, config.runtime.get("multi_device", True))
+                          config.runtime.cache_dir, config.runtime.multi_device)
 
 
 def noise_file_list(spec: str):
@@ -264,7 +265,7 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
 def run_title(config, method: methods.Method) -> str:
     return (f"{config.data.name}: {method.name} ({method.label}), noise={config.noise.ratio} "
             f"({noise.resolve_mode(config.noise.mode, config.noise.overlap)}), "
-            f"{config.model.backbone}")
+            f"{config.backbone.name}")
 
 
 def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> Dict[str, Dict]:
@@ -272,7 +273,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> Dict[st
 
     Everything that can be checked is checked first (config, workdir, every category's files);
     each category's files then appear together when it succeeds, and metrics.json/results.md
-    always describe exactly the categories on disk."""
+    always describe exactly the categories on disk. A config in 0.2's shape is upgraded first."""
+    config = upgrade(config)
     method = validation.check_config(config)
     validation.check_workdir(workdir)
     categories = data.category_names(config.data.name, config.data.root, config.data.category,

@@ -1,12 +1,14 @@
 """What a result was computed from, stored with it so that a result is never reported for another
 config or other data: the resolved config (minus the fields that cannot change a result), a
 fingerprint of the category's files (each one's path, size and modification time, `Sample.stamp`)
-and the package version.
+and the results version (softpatch_jax.RESULTS_VERSION). A stored record is read with today's
+field names (`upgrade.upgrade_flat`), so a 0.2 result of the same config is recognised.
 """
 from typing import Dict, List, Sequence
 
 import softpatch_jax
 from softpatch_jax.files import fingerprint
+from softpatch_jax.upgrade import upgrade_flat
 
 # Where files go and how the work is spread: never part of a result. (data.category selects
 # which results to compute; each result is stored under its category's name.)
@@ -41,20 +43,23 @@ def record(config, samples: Sequence) -> dict:
     """The provenance stored with a result computed by `config` on `samples`."""
     fields = result_config(config)
     return {"config_fingerprint": fingerprint(fields), "data_fingerprint": data_fingerprint(samples),
-            "version": softpatch_jax.__version__, "config": fields}
+            "version": softpatch_jax.RESULTS_VERSION, "config": fields}
 
 
 def differences(stored: dict, current: dict, limit: int = 3) -> List[str]:
-    """Readable differences between two records (empty when they agree)."""
+    """Readable differences between two records (empty when they agree); `stored` may be one
+    written by 0.2 (its field names are upgraded)."""
     out = []
     if stored.get("version") != current.get("version"):
-        out.append(f"package version {stored.get('version')} -> {current.get('version')}")
-    a, b = stored.get("config") or {}, current.get("config") or {}
+        out.append(f"results version {stored.get('version')} -> {current.get('version')}")
+    a, b = upgrade_flat(stored.get("config") or {}), upgrade_flat(current.get("config") or {})
     fields = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
     out += [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in fields[:limit]]
     if len(fields) > limit:
         out.append(f"{len(fields) - limit} more fields")
-    if not out and stored.get("config_fingerprint") != current.get("config_fingerprint"):
+    # Values equal in Python yet not in JSON (1 and 1.0): fingerprints of today's names (a 0.2
+    # record's own fingerprint hashes its old names).
+    if not out and fingerprint(a) != fingerprint(b):
         out.append("the config")
     if "data_fingerprint" in current and stored.get("data_fingerprint") != current[
             "data_fingerprint"]:

@@ -28,6 +28,7 @@ from softpatch_jax.io.lock import workdir_lock
 from softpatch_jax.io.text import csv_text_cell, md_cell
 from softpatch_jax.pipeline import compilation, console, evaluate, provenance, rundir, validation
 from softpatch_jax.settings import comma_list
+from softpatch_jax.upgrade import upgrade, upgrade_flat
 
 
 def points(config):
@@ -59,7 +60,9 @@ def point_config(config, mode, ratio, entry):
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.noise.mode, c.noise.ratio = mode, ratio
-        c.model.update(methods.sweep_overrides(entry, c.model))
+        for dotted, value in methods.sweep_overrides(entry, c).items():
+            section, field = dotted.split(".")
+            c[section][field] = value
         del c["sweep"]
     return c
 
@@ -103,26 +106,26 @@ def aggregate(workdir, rows):
 
 
 # The fields points of one sweep differ in; the rest of their configs must agree.
-POINT_FIELDS = ("noise.mode", "noise.ratio", "model.method", "model.discriminator")
+POINT_FIELDS = ("noise.mode", "noise.ratio", "model.method", "denoise.discriminator")
 PROVENANCE = ("config", "config_fingerprint", "data_fingerprint", "version")
 
 
 def _base(record: dict, varied=()) -> dict:
     """A point's provenance without the fields that vary across the points of a sweep
     (POINT_FIELDS, and `varied`: the model fields its entries set, `_entry_fields`)."""
-    config = {k: v for k, v in (record.get("config") or {}).items()
+    config = {k: v for k, v in upgrade_flat(record.get("config") or {}).items()
               if k not in POINT_FIELDS and k not in varied}
     return {"config": config, "version": record.get("version"),
             "config_fingerprint": fingerprint(config)}
 
 
 def _entry_fields(config, entries) -> set:
-    """'model.<field>' for every config.model field the sweep entries set (variants such as
+    """'section.field' for every config field the sweep entries set (variants such as
     lof@grouping=neighbourhood included; an entry that no longer parses sets none)."""
     fields = set()
     for entry in entries:
         try:
-            fields |= {f"model.{k}" for k in methods.sweep_overrides(str(entry), config.model)}
+            fields |= set(methods.sweep_overrides(str(entry), config))
         except ValueError:
             pass
     return fields
@@ -272,7 +275,9 @@ def _run_batch(workdir, config, items, extractors, staging):
 def run_sweep(config, workdir, overwrite: bool = False, shard: str = "0/1"):
     """Runs the sweep's points into `workdir`; `shard` 'i/n' runs every n-th point (n processes,
     one folder: a job array or the hosts of a slice), the tables aggregate every finished one.
-    `sweep.batch_points` > 1 runs that many points at once with their coresets batched."""
+    `sweep.batch_points` > 1 runs that many points at once with their coresets batched. A config
+    in 0.2's shape is upgraded first."""
+    config = upgrade(config)
     todo, stale = _plan(config, workdir, overwrite, parse_shard(shard))
     batch = config.sweep.get("batch_points", 1)
     if batch < 1:

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 
-from softpatch_jax import data, defaults, methods
+from softpatch_jax import data, defaults, methods, upgrade
 from softpatch_jax.data import noise
 from softpatch_jax.data.mvtec import IMAGE_EXTS
 from softpatch_jax.features import backbones
@@ -33,23 +33,36 @@ def config_schema(config):
     return schema
 
 
-def check_known_fields(config, schema=None, prefix: str = "") -> None:
+def _closest_anywhere(dotted: str, schema) -> str:
+    """The field of any section closest to `dotted` (a 0.2 name counts as its new one), or ''."""
+    leaves = [f"{s}.{k}" for s in schema.keys() if hasattr(schema[s], "keys")
+              for k in schema[s].keys()]
+    names = {**{leaf: leaf for leaf in leaves}, **upgrade.RENAMED}
+    close = difflib.get_close_matches(dotted, list(names), n=1, cutoff=0.8)
+    return names[close[0]] if close else ""
+
+
+def check_known_fields(config, schema=None, prefix: str = "", root=None) -> None:
     """Every field `config` sets exists in `schema` (default: `config_schema`): a misspelt one,
     set in a config file or on the command line, is one line naming it and the closest real
-    field. Fields the config lacks are not checked (the code reads their defaults)."""
+    field (in its section, else in any: a knob set in the wrong section). Fields the config
+    lacks are not checked (the code reads their defaults)."""
     schema = config_schema(config) if schema is None else schema
+    root = schema if root is None else root
     known = list(schema.keys())
     for key in config.keys():
         where = f"{prefix}{key}"
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            elsewhere = "" if close else _closest_anywhere(where, root)
             fields = (f"did you mean {prefix}{close[0]}?" if close else
+                      f"did you mean {elsewhere}?" if elsewhere else
                       f"the fields of {prefix[:-1] or 'the config'}: {', '.join(sorted(known))}")
             raise ValueError(f"config field {where} does not exist; {fields} "
                              "(softpatch_jax/defaults.py says what each field does)")
         value, expected = config[key], schema[key]
         if hasattr(value, "keys") and hasattr(expected, "keys"):
-            check_known_fields(value, expected, f"{where}.")
+            check_known_fields(value, expected, f"{where}.", root)
         elif hasattr(value, "keys") != hasattr(expected, "keys"):
             kind = "a section" if hasattr(expected, "keys") else "a value"
             raise ValueError(f"config field {where} must be {kind}, as in "
@@ -93,13 +106,13 @@ def check_noise(n) -> None:
     noise_list_file(n.files)
 
 
-def check_model(m) -> None:
-    backbones.check_weights(m.backbone, m.weights)
+def check_backbone(b) -> None:
+    backbones.check_weights(b.name, b.weights)
 
 
 def check_runtime(r) -> None:
     _require(r.memory_budget_mb > 0, f"runtime.memory_budget_mb={r.memory_budget_mb} must be > 0")
-    cache = r.get("compilation_cache", True)
+    cache = r.compilation_cache
     _require(isinstance(cache, bool), f"runtime.compilation_cache={cache!r} must be True or False")
 
 
@@ -108,7 +121,7 @@ def check_config(config) -> methods.Method:
     check_known_fields(config)
     check_data(config.data)
     check_noise(config.noise)
-    check_model(config.model)
+    check_backbone(config.backbone)
     check_runtime(config.runtime)
     from softpatch_jax.pipeline import decisions
 

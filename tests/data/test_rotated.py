@@ -198,15 +198,15 @@ def test_study_config_is_pinned_to_its_first_field_set(tmp_path):
         later.extra = ml_collections.ConfigDict(dict(a=1))
         del later.model["blur_sigma"]               # removed since
         later.sweep.discriminators = "lof"          # sweep fields are not pinned
-        later.model.grouping = "global"             # a default changed since (or an override)
+        later.denoise.grouping = "global"           # a default changed since (or an override)
     pinned, notes = study.pin_config(later, root)
     assert "new_field" not in pinned.model and "extra" not in pinned
     assert pinned.model.blur_sigma == config.model.blur_sigma
-    assert pinned.model.grouping == config.model.grouping  # the study's points must not mix
+    assert pinned.denoise.grouping == config.denoise.grouping  # the study's points must not mix
     assert pinned.sweep.discriminators == "lof"
     assert study._base_fields(pinned) == study._base_fields(config)
     assert "model.new_field" in notes[0] and "model.blur_sigma" in notes[1]
-    assert "model.grouping=" in notes[2] and "(now 'global')" in notes[2]
+    assert "denoise.grouping=" in notes[2] and "(now 'global')" in notes[2]
 
 
 def test_study_table_rows_columns_and_values(tmp_path):

@@ -114,21 +114,21 @@ def _generated(b=20, p=9, d=12, seed=0):
     return rng.normal(size=(b, p, d)).astype(np.float32)
 
 
-@pytest.mark.parametrize("variant", [dict(method="patchcore"),
-                                     dict(method="softpatch", discriminator="lof"),
-                                     dict(method="softpatch_plus")])
+@pytest.mark.parametrize("variant", [{"model.method": "patchcore"},
+                                     {"denoise.discriminator": "lof"},
+                                     {"model.method": "softpatch_plus"}])
 def test_training_scores_leave_each_image_out(variant):
     c = load_config("default.py")
-    c.model.update(dict(lof_k=4, coreset_ratio=0.4, projection_dim=8, blur_sigma=1.0,
-                        **variant))
+    c.update_from_flattened_dict({"denoise.lof_k": 4, "bank.coreset_ratio": 0.4,
+                                  "bank.projection_dim": 8, "model.blur_sigma": 1.0, **variant})
     c.data.image_size = 12
     method = methods.from_config(c)
     feats = Features(_generated(), (3, 3))
     fitted = method.fit(feats, jax.random.PRNGKey(0), progress=False)
     loo = method.training_scores(fitted, feats)
-    banks = ([fitted] if variant["method"] != "softpatch_plus"
+    banks = ([fitted] if variant.get("model.method") != "softpatch_plus"
              else [fitted.classification, fitted.segmentation])
-    soft = variant["method"] != "patchcore"
+    soft = variant.get("model.method") != "patchcore"
     grids = []
     for bank in banks:
         x = feats.patches.astype(np.float64)
@@ -151,17 +151,17 @@ def _clustered(b=24, h=6, w=7, d=24, seed=0):
     return Features(x.astype(np.float32), (h, w))
 
 
-@pytest.mark.parametrize("variant", [dict(method="patchcore"),
-                                     dict(method="softpatch", discriminator="lof"),
-                                     dict(method="softpatch", discriminator="lof",
-                                          soft_weight=False),
-                                     dict(method="softpatch_plus")])
+@pytest.mark.parametrize("variant", [{"model.method": "patchcore"},
+                                     {"denoise.discriminator": "lof"},
+                                     {"denoise.discriminator": "lof",
+                                      "denoise.soft_weight": False},
+                                     {"model.method": "softpatch_plus"}])
 def test_calibration_by_bounds_equals_the_full_pass(variant):
     """runtime.exact_pruning: the audit's scores, its flags and both thresholds are bit for bit
     those of the full leave-own-image-out pass, while part of the patches are computed."""
     c = load_config("default.py")
-    c.model.update(dict(lof_k=4, coreset_ratio=0.3, projection_dim=8, blur_sigma=2.0,
-                        **variant))
+    c.update_from_flattened_dict({"denoise.lof_k": 4, "bank.coreset_ratio": 0.3,
+                                  "bank.projection_dim": 8, "model.blur_sigma": 2.0, **variant})
     c.data.image_size = 28
     method = methods.from_config(c)
     feats = _clustered()
@@ -182,7 +182,8 @@ def test_calibration_by_bounds_equals_the_full_pass(variant):
 
 def test_kfold_scores_use_fits_without_the_fold():
     c = load_config("default.py")
-    c.model.update(dict(method="padim", padim_dim=0, blur_sigma=1.0))
+    c.update_from_flattened_dict({"model.method": "padim", "padim.dim": 0,
+                                  "model.blur_sigma": 1.0})
     c.data.image_size = 12
     method = methods.from_config(c)
     feats = Features(_generated(b=12, d=5), (3, 3))
@@ -218,7 +219,8 @@ def test_false_reject_on_held_out_normals_is_near_the_requested_rate():
     """PatchCore on generated normal 'images' (Gaussian patch features): the leave-own-image-out
     threshold at 5% rejects about 5% of 3000 new normal images."""
     c = load_config("default.py")
-    c.model.update(dict(method="patchcore", coreset_ratio=0.25, projection_dim=8))
+    c.update_from_flattened_dict({"model.method": "patchcore", "bank.coreset_ratio": 0.25,
+                                  "bank.projection_dim": 8})
     c.data.image_size = 8
     method = methods.from_config(c)
     settings = decisions.Settings(audit=False, source="auto", false_reject=0.05,
@@ -243,8 +245,9 @@ def test_audit_finds_the_noisy_training_images_and_thresholds_ignore_them():
     directions = np.random.default_rng(9).normal(size=(4, 6))
     feats[40:, 4] += 12.0 * directions / np.linalg.norm(directions, axis=1, keepdims=True)
     c = load_config("default.py")
-    c.model.update(dict(method="softpatch", discriminator="lof", lof_k=4, coreset_ratio=0.3,
-                        projection_dim=6, threshold=0.05))
+    c.update_from_flattened_dict({"model.method": "softpatch", "denoise.discriminator": "lof",
+                                  "denoise.lof_k": 4, "bank.coreset_ratio": 0.3,
+                                  "bank.projection_dim": 6, "denoise.ratio": 0.05})
     c.data.image_size = 12
     method = methods.from_config(c)
     settings = decisions.Settings.from_config(c)

@@ -30,13 +30,13 @@ SIZE = 64
 BATCH = 5  # 12 test images: batches of 5, 5 and 2 (padded)
 
 
-def _config(root, cache_dir, method, size=SIZE, **model):
+def _config(root, cache_dir, method, size=SIZE, fields=None):
     """A `size`-pixel fit of `method` on widget (also test_loader_parity.py's)."""
     c = load_config("default.py")
     c.data.update(dict(name="mvtec", root=root, category="widget", max_train=0, max_test=0,
                        resize=size, image_size=size, batch_size=8))
     c.noise.ratio, c.noise.overlap = 0.25, True
-    c.model.update(dict(method=method, lof_k=5, **model))
+    c.update_from_flattened_dict({"model.method": method, "denoise.lof_k": 5, **(fields or {})})
     c.fyd.epochs, c.fyd.batch_size = 2, 4
     c.runtime.cache_dir = cache_dir
     return c
@@ -72,11 +72,12 @@ def _midpoint(values, q):
 
 
 CASES = {
-    "softpatch_lof": dict(method="softpatch", discriminator="lof"),
-    "softpatch_plus": dict(method="softpatch_plus"),
-    "padim": dict(method="padim"),
-    "patchcore_knn_reweight": dict(method="patchcore", num_nn=2, reweight_neighbours=3),
-    "fyd": dict(method="fyd"),
+    "softpatch_lof": {"model.method": "softpatch", "denoise.discriminator": "lof"},
+    "softpatch_plus": {"model.method": "softpatch_plus"},
+    "padim": {"model.method": "padim"},
+    "patchcore_knn_reweight": {"model.method": "patchcore", "bank.num_nn": 2,
+                               "bank.reweight_neighbours": 3},
+    "fyd": {"model.method": "fyd"},
 }
 
 
@@ -88,8 +89,8 @@ def fitted(mvtec_root, cache_dir, tmp_path_factory):
 
     def get(name, workdir):
         if name not in runs:
-            model = dict(CASES[name])
-            c = _config(mvtec_root, cache_dir, model.pop("method"), **model)
+            fields = dict(CASES[name])
+            c = _config(mvtec_root, cache_dir, fields.pop("model.method"), fields=fields)
             first = str(tmp_path_factory.mktemp(name))
             runs[name] = (first,) + _fit(c, first, extractors)
         first, samples, ref = runs[name]
@@ -124,7 +125,7 @@ def test_exported_scores_and_maps_equal_in_process(fitted, tmp_path, name):
     assert sorted(os.listdir(folder)) == sorted(exporter.FILES)
     meta = json.loads(open(os.path.join(folder, "meta.json")).read())
     assert meta["batch_size"] == BATCH and meta["image_size"] == SIZE
-    assert meta["method"] == CASES[name]["method"] and meta["jax_version"] == jax.__version__
+    assert meta["method"] == CASES[name]["model.method"] and meta["jax_version"] == jax.__version__
     assert meta["platforms"] == ["cpu", "cuda"] and meta["threshold_source"].endswith(
         "threshold.json")
     assert 0 < out["verdicts"].sum() < len(out["scores"]) and out["masks"].any()

@@ -23,7 +23,7 @@ BATCH = 4  # the exported program's batch, not predict's 8: 9 files as 4, 4 and 
 # <= 2.2e-7 x the map's maximum (maps), FYD included. A map pixel's rounding follows the map's
 # largest values (upsampling and blur sum them), hence test_export.py's map atol of 1e-6 x it.
 RTOL, ATOL, MAP_ATOL = 1e-5, 1e-5, 1e-6
-MODEL = {"patchcore": dict(num_nn=2, reweight_neighbours=3)}  # also k > 1 and the reweighting
+FIELDS = {"patchcore": {"bank.num_nn": 2, "bank.reweight_neighbours": 3}}  # k > 1, reweighting
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def scored(request, tiny_root, cache_dir, image_files, tmp_path_factory):
     on their way to predictions.json) and by the exported loader.py -> dict."""
     name = request.param
     work = str(tmp_path_factory.mktemp(name))
-    config = _config(tiny_root, cache_dir, name, size=SIZE, **MODEL.get(name, {}))
+    config = _config(tiny_root, cache_dir, name, size=SIZE, fields=FIELDS.get(name))
     config.threshold.folds = 2  # the fewest refits where the threshold needs k-fold (FYD, PaDiM)
     config.fyd.epochs = 1  # parity needs a trained alignment, not a good one
     evaluate.train_and_evaluate(config, work)

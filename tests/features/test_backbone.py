@@ -167,7 +167,7 @@ def test_random_init_is_seeded_and_loud(caplog):
 def test_unknown_backbone_and_dtype():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("vgg16", ("layer2",))
-    with pytest.raises(ValueError, match="model.dtype"):
+    with pytest.raises(ValueError, match="backbone.dtype"):
         build_backbone("resnet18", ("layer2",), dtype="float8")
     with pytest.raises(ValueError, match="unknown tap 'stage3' for resnet18"):
         build_backbone("resnet18", ("stage3",))

@@ -37,7 +37,7 @@ def test_safetensors_round_trip(tmp_path):
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.weights"):
+    with pytest.raises(FileNotFoundError, match="backbone.weights"):
         load_state_dict(str(tmp_path / "nope.pth"))
 
 

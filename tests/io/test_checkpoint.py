@@ -17,7 +17,10 @@ def _bank(seed):
             "weights": rng.random(20).astype(np.float32) + 1}
 
 
-CONFIG = {"model": {"weights": "random", "backbone": "resnet18"}, "seed": 0}
+CONFIG = {"backbone": {"weights": "random", "name": "resnet18"},
+          "model": {"method": "patchcore"}, "seed": 0}
+CONFIG_0_2 = {"model": {"weights": "random", "backbone": "resnet18", "method": "patchcore"},
+              "seed": 0}  # the same, as 0.2 stored it
 
 
 def test_round_trip_and_same_predictions(tmp_path):
@@ -65,11 +68,12 @@ def _legacy_save(path, arrays, config, grid):
 
 
 def test_checkpoints_of_the_old_layout_still_load(tmp_path):
+    """Written before the manager (and by 0.2: its config comes back in today's shape)."""
     path = str(tmp_path / "m")
-    _legacy_save(path, _bank(0), CONFIG, (2, 2))
+    _legacy_save(path, _bank(0), CONFIG_0_2, (2, 2))
     loaded, meta = checkpoint.load_model(path)
     np.testing.assert_array_equal(loaded["features"], _bank(0)["features"])
-    assert meta["grid"] == [2, 2]
+    assert meta["grid"] == [2, 2] and meta["config"] == CONFIG
     os.rename(path, path + ".old")  # the state an old save left if killed mid-swap
     loaded, _ = checkpoint.load_model(path)
     np.testing.assert_array_equal(loaded["features"], _bank(0)["features"])

@@ -184,7 +184,7 @@ def _objects(root, n, size=64, seed=0):
 def _config(epochs, size=64):
     c = load_config("default.py")
     c.data.resize = c.data.image_size = size
-    c.model.method, c.model.padim_layers, c.model.padim_dim = "fyd", "stage2", 16
+    c.model.method, c.padim.layers, c.padim.dim = "fyd", "stage2", 16
     c.fyd.epochs, c.fyd.batch_size, c.fyd.learning_rate = epochs, 8, 3e-3
     return c
 

@@ -23,17 +23,20 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden.npz")
 RTOL_ACROSS_CPUS = 2e-4
 
 VARIANTS = {
-    "softpatch_lof": dict(method="softpatch", discriminator="lof"),
-    "softpatch_nearest": dict(method="softpatch", discriminator="nearest"),
-    "softpatch_gaussian": dict(method="softpatch", discriminator="gaussian"),
-    "softpatch_none": dict(method="softpatch", discriminator="none"),
-    "patchcore": dict(method="patchcore"),
-    "patchcore_knn_reweight": dict(method="patchcore", num_nn=3, reweight_neighbours=5),
+    "softpatch_lof": {"model.method": "softpatch", "denoise.discriminator": "lof"},
+    "softpatch_nearest": {"model.method": "softpatch", "denoise.discriminator": "nearest"},
+    "softpatch_gaussian": {"model.method": "softpatch", "denoise.discriminator": "gaussian"},
+    "softpatch_none": {"model.method": "softpatch", "denoise.discriminator": "none"},
+    "patchcore": {"model.method": "patchcore"},
+    "patchcore_knn_reweight": {"model.method": "patchcore", "bank.num_nn": 3,
+                               "bank.reweight_neighbours": 5},
     # Pinned then with position grouping, SoftPatch+'s default before the alignment study.
-    "softpatch_plus": dict(method="softpatch_plus", grouping="position"),
-    "softpatch_plus_max_nearest": dict(method="softpatch_plus", fusion="nearest,lof",
-                                       fusion_rule="max", grouping="position"),
-    "padim": dict(method="padim"),
+    "softpatch_plus": {"model.method": "softpatch_plus", "denoise.grouping": "position"},
+    "softpatch_plus_max_nearest": {"model.method": "softpatch_plus",
+                                   "softpatch_plus.fusion": "nearest,lof",
+                                   "softpatch_plus.fusion_rule": "max",
+                                   "denoise.grouping": "position"},
+    "padim": {"model.method": "padim"},
 }
 
 
@@ -53,8 +56,9 @@ def golden():
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_fit_and_score_on_features_as_before(golden, name):
     c = load_config("default.py")
-    c.model.update(dict(lof_k=4, coreset_ratio=0.3, projection_dim=16, blur_sigma=1.0))
-    c.model.update(VARIANTS[name])
+    c.update_from_flattened_dict({"denoise.lof_k": 4, "bank.coreset_ratio": 0.3,
+                                  "bank.projection_dim": 16, "model.blur_sigma": 1.0,
+                                  **VARIANTS[name]})
     c.data.image_size = 12
     c.runtime.memory_budget_mb = 64
     method = methods.from_config(c)
@@ -83,8 +87,8 @@ def test_pipeline_on_generated_category_as_before(golden, mvtec_root, tmp_path, 
     c.data.update(dict(name="mvtec", root=mvtec_root, category="widget", max_train=0,
                        max_test=0, resize=64, image_size=64, batch_size=8))
     c.noise.ratio, c.noise.overlap = 0.25, True
-    c.model.method, c.model.lof_k = name.split("_lof")[0], 5
-    c.model.grouping = "position"  # SoftPatch+'s default when these were pinned
+    c.model.method, c.denoise.lof_k = name.split("_lof")[0], 5
+    c.denoise.grouping = "position"  # SoftPatch+'s default when these were pinned
     c.fyd.epochs, c.fyd.batch_size = 2, 4
     c.runtime.cache_dir = cache_dir
     method = validation.check_config(c)

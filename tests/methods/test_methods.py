@@ -21,7 +21,7 @@ def test_rank_fusion_on_hand_made_scores():
     np.testing.assert_allclose(softpatch.fuse_ranks([a, b], "max"), [[0.25, 1.0], [1.0, 0.75]])
     ties = softpatch.fuse_ranks([np.array([1.0, 1.0, 2.0, 3.0])])
     np.testing.assert_allclose(ties, [0.375, 0.375, 0.75, 1.0])  # tied ranks averaged
-    with pytest.raises(ValueError, match="model.fusion_rule=.median."):
+    with pytest.raises(ValueError, match="softpatch_plus.fusion_rule=.median."):
         softpatch.fuse_ranks([a], "median")
 
 
@@ -43,8 +43,9 @@ def test_two_bank_split():
     assert (excluded_cls[:4, 3]).all()  # the defects are out of both banks
     for f in (cls, seg):
         assert f.sampling_weights.reshape(-1)[f.coreset_indices].min() == 1
-    with pytest.raises(ValueError, match="seg_threshold"):
-        methods.from_config(_config("softpatch_plus", cls_threshold=0.5, seg_threshold=0.15))
+    with pytest.raises(ValueError, match="seg_ratio"):
+        methods.from_config(_config("softpatch_plus", {"softpatch_plus.cls_ratio": 0.5,
+                                                       "softpatch_plus.seg_ratio": 0.15}))
 
 
 def test_k_nearest_matches_brute_force():
@@ -104,15 +105,15 @@ def test_padim_features_select_seeded_channels():
     up = b.repeat(2, axis=1).repeat(2, axis=2)  # nearest upsampling by 2
     ref = np.concatenate([a, up], -1)[..., ch].reshape(2, 16, 4)
     np.testing.assert_array_equal(out, ref)
-    with pytest.raises(ValueError, match="padim_dim"):
+    with pytest.raises(ValueError, match="padim.dim"):
         padim_features.select_channels(jax.random.PRNGKey(0), 8, 9)
 
 
-def _config(method, **model):
+def _config(method, fields=None):
     c = load_config("default.py")
-    c.model.update(dict(method=method, lof_k=4, coreset_ratio=0.3, projection_dim=16,
-                        blur_sigma=1.0))
-    c.model.update(model)
+    c.update_from_flattened_dict({"model.method": method, "denoise.lof_k": 4,
+                                  "bank.coreset_ratio": 0.3, "bank.projection_dim": 16,
+                                  "model.blur_sigma": 1.0, **(fields or {})})
     c.data.image_size = 12
     c.runtime.memory_budget_mb = 64
     return c
@@ -142,21 +143,21 @@ def test_every_method_is_registered_and_unknown_names_list_the_choices():
     assert set(methods.names()) >= {"softpatch", "softpatch_plus", "patchcore", "padim", "fyd"}
     with pytest.raises(ValueError, match="model.method='spade' is unknown; choose one of "):
         methods.from_config(_config("spade"))
-    with pytest.raises(ValueError, match="model.discriminator='median' is unknown"):
-        methods.from_config(_config("softpatch", discriminator="median"))
-    with pytest.raises(ValueError, match="model.fusion='median' is unknown"):
-        methods.from_config(_config("softpatch_plus", fusion="lof,median"))
+    with pytest.raises(ValueError, match="denoise.discriminator='median' is unknown"):
+        methods.from_config(_config("softpatch", {"denoise.discriminator": "median"}))
+    with pytest.raises(ValueError, match="softpatch_plus.fusion='median' is unknown"):
+        methods.from_config(_config("softpatch_plus", {"softpatch_plus.fusion": "lof,median"}))
 
 
 def test_lof_needs_more_images_than_neighbours():
-    m = methods.from_config(_config("softpatch", lof_k=6))
+    m = methods.from_config(_config("softpatch", {"denoise.lof_k": 6}))
     m.check(7)
-    with pytest.raises(ValueError, match="model.lof_k=6 needs more than 6 training images"):
+    with pytest.raises(ValueError, match="denoise.lof_k=6 needs more than 6 training images"):
         m.check(6)
 
 
 def test_padim_channels_default_per_backbone():
-    assert methods.from_config(_config("padim", padim_dim=0)).features.padim_dim == 100
-    c = _config("padim", padim_dim=0, backbone="wide_resnet50_2")
+    assert methods.from_config(_config("padim", {"padim.dim": 0})).features.padim_dim == 100
+    c = _config("padim", {"padim.dim": 0, "backbone.name": "wide_resnet50_2"})
     assert methods.from_config(c).features.padim_dim == 550
-    assert methods.from_config(_config("padim", padim_dim=32)).features.padim_dim == 32
+    assert methods.from_config(_config("padim", {"padim.dim": 32})).features.padim_dim == 32

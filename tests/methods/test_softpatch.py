@@ -45,7 +45,7 @@ def test_denoise_threshold_is_the_linear_quantile():
 
 @pytest.mark.parametrize("method", ["nearest", "gaussian", "lof"])
 def test_noisy_patches_are_excluded_and_weighted(method):
-    fit = _fit(_features(), jax.random.PRNGKey(0), method, lof_k=5, threshold=0.05,
+    fit = _fit(_features(), jax.random.PRNGKey(0), method, lof_k=5, denoise_ratio=0.05,
                coreset_ratio=0.2, projection_dim=16)
     assert fit.patch_scores.shape == (30, 9)
     assert (fit.sampling_weights[:3, 4] == 0).all()  # the defective patches are denoised
@@ -91,7 +91,7 @@ def test_same_key_same_bank():
 
 def test_impossible_bank_sizes_are_errors():
     with pytest.raises(ValueError, match="eligible"):
-        _fit(_features(), jax.random.PRNGKey(0), "lof", lof_k=5, threshold=0.5,
+        _fit(_features(), jax.random.PRNGKey(0), "lof", lof_k=5, denoise_ratio=0.5,
              coreset_ratio=0.6)
 
 
@@ -100,7 +100,8 @@ def test_other_groupings_denoise_the_defects(grouping):
     """Defects at position 4 of 3 images (30 images, 3 x 3 grid): under neighbourhood (radius 1)
     and global grouping too they score highest and are excluded; the scores are noise_scores'."""
     feats = _features()
-    fit = _fit(feats, jax.random.PRNGKey(0), "lof", lof_k=5, threshold=0.05, coreset_ratio=0.2,
+    fit = _fit(feats, jax.random.PRNGKey(0), "lof", lof_k=5, denoise_ratio=0.05,
+               coreset_ratio=0.2,
                projection_dim=16, grouping=grouping, group_radius=1)
     assert (fit.sampling_weights[:3, 4] == 0).all()
     key_disc, _ = jax.random.split(jax.random.PRNGKey(0))
@@ -111,26 +112,26 @@ def test_other_groupings_denoise_the_defects(grouping):
 
 def test_grouping_fields_from_config_are_checked():
     c = load_config("default.py")
-    assert (c.model.grouping, c.model.group_radius) == ("", 2)  # '': each method's own
+    assert (c.denoise.grouping, c.denoise.group_radius) == ("", 2)  # '': each method's own
     assert softpatch.SoftPatch.from_config(c).grouping == "position"
     c.model.method = "softpatch_plus"
     assert softpatch.SoftPatchPlus.from_config(c).grouping == "auto"
     assert softpatch.SoftPatchPlus(layers=("stage3",)).grouping == "auto"
-    c.model.grouping = "position"
+    c.denoise.grouping = "position"
     assert softpatch.SoftPatchPlus.from_config(c).grouping == "position"
     c.model.method = "softpatch"
-    c.model.grouping, c.model.group_radius = "neighbourhood", 3
+    c.denoise.grouping, c.denoise.group_radius = "neighbourhood", 3
     method = softpatch.SoftPatch.from_config(c)
     assert (method.grouping, method.group_radius) == ("neighbourhood", 3)
-    c.model.grouping, c.model.discriminator = "global", "gaussian"
-    with pytest.raises(ValueError, match="model.grouping=global does not support "
-                                         "model.discriminator=gaussian"):
+    c.denoise.grouping, c.denoise.discriminator = "global", "gaussian"
+    with pytest.raises(ValueError, match="denoise.grouping=global does not support "
+                                         "denoise.discriminator=gaussian"):
         softpatch.SoftPatch.from_config(c)
     c.model.method = "softpatch_plus"  # default fusion lof,gaussian
-    with pytest.raises(ValueError, match="does not support model.fusion=gaussian"):
+    with pytest.raises(ValueError, match="does not support softpatch_plus.fusion=gaussian"):
         softpatch.SoftPatchPlus.from_config(c)
-    c.model.grouping = "diagonal"
-    with pytest.raises(ValueError, match="model.grouping='diagonal' is unknown"):
+    c.denoise.grouping = "diagonal"
+    with pytest.raises(ValueError, match="denoise.grouping='diagonal' is unknown"):
         softpatch.SoftPatch.from_config(c)
 
 
@@ -144,7 +145,8 @@ def test_auto_grouping_fits_exactly_as_the_grouping_it_picks(shift, picked):
     feats = np.stack([scene[dy:dy + 8, dx:dx + 8] for dy, dx in offsets])
     feats = (feats + rng.normal(size=feats.shape) * 0.05).reshape(16, 64, 24).astype(np.float32)
     key = jax.random.PRNGKey(2)
-    common = dict(lof_k=3, threshold=0.1, coreset_ratio=0.2, projection_dim=16, group_radius=2)
+    common = dict(lof_k=3, denoise_ratio=0.1, coreset_ratio=0.2, projection_dim=16,
+                  group_radius=2)
     auto = _softpatch("lof", **common, grouping="auto").fit_details(Features(feats, (8, 8)), key,
                                                                       False)
     same = _softpatch("lof", **common, grouping=picked).fit_details(Features(feats, (8, 8)), key,

@@ -96,7 +96,7 @@ def test_fused_scores_are_the_fusion_of_the_raw_scores(variant):
     assert (cls.sampling_weights[:3, 4] == 0).all()  # the defects are removed
 
 
-@pytest.mark.parametrize("source", softpatch.SOFT_SOURCES)
+@pytest.mark.parametrize("source", softpatch.SOFT_SOURCES + ("lof",))
 def test_soft_weights_come_from_the_chosen_source(source):
     feats = _features()
     fusion = ("gaussian", "nearest")  # without LOF: soft_source=lof computes it
@@ -133,10 +133,11 @@ def test_separate_projections_keep_the_classification_bank():
     assert not np.array_equal(own[1].coreset_indices, shared[1].coreset_indices)
 
 
-def _config(**model):
+def _config(**fields):
+    """The default config running SoftPatch+ with these softpatch_plus fields."""
     c = load_config("default.py")
     c.model.method = "softpatch_plus"
-    c.model.update(model)
+    c.softpatch_plus.update(fields)
     return c
 
 
@@ -153,15 +154,15 @@ def test_variant_fields_from_config():
 
 
 @pytest.mark.parametrize("model,message", [
-    (dict(rank_norm="image"), "model.rank_norm='image' is unknown"),
-    (dict(fusion_rule="median"), "model.fusion_rule='median' is unknown"),
-    (dict(soft_source="gaussian"), "model.soft_source='gaussian' is unknown"),
-    (dict(fusion_rule="weighted"), r"model.fusion_weights='' must be 2 non-negative numbers"),
+    (dict(rank_norm="image"), "softpatch_plus.rank_norm='image' is unknown"),
+    (dict(fusion_rule="median"), "softpatch_plus.fusion_rule='median' is unknown"),
+    (dict(soft_source="median"), "softpatch_plus.soft_source='median' is unknown"),
+    (dict(fusion_rule="weighted"), r"softpatch_plus.fusion_weights='' must be 2 non-negative numbers"),
     (dict(fusion_rule="weighted", fusion_weights="1,2,3"), "must be 2 non-negative numbers"),
     (dict(fusion_rule="weighted", fusion_weights="1,x"), "must be 2 non-negative numbers"),
     (dict(fusion_rule="weighted", fusion_weights="0,0"), "not all 0"),
     (dict(fusion_rule="weighted", fusion_weights="-1,2"), "must be 2 non-negative numbers"),
-    (dict(fusion_weights="1,2"), "read only by model.fusion_rule=weighted"),
+    (dict(fusion_weights="1,2"), "read only by softpatch_plus.fusion_rule=weighted"),
 ])
 def test_bad_variant_fields_are_one_line_errors(model, message):
     with pytest.raises(ValueError, match=message) as err:
@@ -169,26 +170,39 @@ def test_bad_variant_fields_are_one_line_errors(model, message):
     assert "\n" not in str(err.value)
 
 
-def test_sweep_entries_name_variants():
-    model = load_config("default.py").model
-    assert methods.sweep_overrides("lof") == {"method": "softpatch", "discriminator": "lof"}
-    assert methods.sweep_overrides("lof@grouping=neighbourhood@group_radius=3", model) == {
-        "method": "softpatch", "discriminator": "lof", "grouping": "neighbourhood",
-        "group_radius": 3}
+def test_sweep_entries_name_variants(monkeypatch):
+    """Variants name a field by section.field, or by a name one section holds (0.2's model.*
+    names too, as stored sweep entries use them)."""
+    c = load_config("default.py")
+    assert methods.sweep_overrides("lof@layers=stage3", c)["backbone.layers"] == "stage3"  # 0.2's
+    assert methods.sweep_overrides("lof@padim.layers=stage3", c)["padim.layers"] == "stage3"
+    assert methods.sweep_overrides("lof") == {"model.method": "softpatch",
+                                              "denoise.discriminator": "lof"}
+    assert methods.sweep_overrides("lof@grouping=neighbourhood@group_radius=3", c) == {
+        "model.method": "softpatch", "denoise.discriminator": "lof",
+        "denoise.grouping": "neighbourhood", "denoise.group_radius": 3}
     assert methods.sweep_overrides(
         "softpatch_plus@rank_norm=position@fusion=lof+nearest@cls_threshold=0.2"
-        "@shared_projection=false", model) == {
-        "method": "softpatch_plus", "rank_norm": "position", "fusion": "lof,nearest",
-        "cls_threshold": 0.2, "shared_projection": False}
-    for entry, message in [("lof@colour=red", "model.colour is not a config field"),
-                           ("lof@group_radius=two", "model.group_radius='two' must be an int"),
+        "@softpatch_plus.shared_projection=false", c) == {
+        "model.method": "softpatch_plus", "softpatch_plus.rank_norm": "position",
+        "softpatch_plus.fusion": "lof,nearest", "softpatch_plus.cls_ratio": 0.2,
+        "softpatch_plus.shared_projection": False}
+    assert methods.sweep_overrides("lof@threshold=0.2", c) == methods.sweep_overrides(
+        "lof@denoise.ratio=0.2", c) == methods.sweep_overrides("lof@ratio=0.2", c)
+    for entry, message in [("lof@colour=red", "colour is not a config field"),
+                           ("lof@data.root=x", "data.root is not a config field a variant"),
+                           ("lof@group_radius=two", "denoise.group_radius='two' must be an int"),
                            ("lof@soft_weight=maybe", "must be true or false"),
-                           ("lof@threshold=", "model.threshold='' must be a number"),
+                           ("lof@threshold=", "denoise.ratio='' must be a number"),
                            ("lof@grouping", "must be field=value"),
-                           ("lof@method=padim", "must be field=value"),
+                           ("lof@method=padim", "method is not a config field a variant"),
                            ("median@grouping=global", "neither a method")]:
         with pytest.raises(ValueError, match=message):
-            methods.sweep_overrides(entry, model)
+            methods.sweep_overrides(entry, c)
+    monkeypatch.setattr(methods, "VARIANT_SECTIONS", methods.VARIANT_SECTIONS + ("data",))
+    with pytest.raises(ValueError, match="batch_size is a field of fyd.batch_size and "
+                                         "data.batch_size; name one"):
+        methods.sweep_overrides("lof@batch_size=4", c)
 
 
 def test_sweep_points_of_variants_share_one_base():
@@ -199,16 +213,16 @@ def test_sweep_points_of_variants_share_one_base():
     assert path == os.path.join("DIR", "points", "widget", "overlap",
                                 "ratio0.1_lof@grouping=neighbourhood", "result.json")
     c = load_config("default.py")
-    config = {"model.method": "softpatch", "model.discriminator": "lof",
-              "model.grouping": "position", "model.lof_k": 6}
+    config = {"model.method": "softpatch", "denoise.discriminator": "lof",
+              "denoise.grouping": "position", "denoise.lof_k": 6}
     plain = {"config": config, "version": "1"}
-    variant = {"config": {**config, "model.grouping": "neighbourhood"}, "version": "1",
+    variant = {"config": {**config, "denoise.grouping": "neighbourhood"}, "version": "1",
                "method": entry}
     varied = sweep._entry_fields(c, [variant["method"], "lof"])
-    assert varied == {"model.method", "model.discriminator", "model.grouping"}
+    assert varied == {"model.method", "denoise.discriminator", "denoise.grouping"}
     assert sweep._base(plain, varied) == sweep._base(variant, varied)
     assert sweep._base(plain) != sweep._base(variant)
-    other = {"config": {**config, "model.lof_k": 5}, "version": "1", "method": "lof"}
+    other = {"config": {**config, "denoise.lof_k": 5}, "version": "1", "method": "lof"}
     assert sweep._base(plain, varied) != sweep._base(other, varied)  # lof_k is no entry's field
     assert sweep._entry_fields(c, ["toy_unregistered@x=1"]) == set()
 
@@ -223,7 +237,7 @@ def test_a_sweep_runs_variants_side_by_side(mvtec_root, tmp_path, cache_dir):
     c.data.batch_size = 8
     c.sweep.ratios, c.sweep.overlays = "0.25", False
     c.sweep.discriminators = "lof@grouping=neighbourhood@group_radius=1,lof@grouping=global"
-    c.model.lof_k, c.runtime.cache_dir = 3, cache_dir
+    c.denoise.lof_k, c.runtime.cache_dir = 3, cache_dir
     rows = sweep.run_sweep(c, str(tmp_path))
     assert sorted(r["method"] for r in rows) == ["lof@grouping=global",
                                                  "lof@grouping=neighbourhood@group_radius=1"]
@@ -232,8 +246,8 @@ def test_a_sweep_runs_variants_side_by_side(mvtec_root, tmp_path, cache_dir):
     assert len(rows) == 3
     stored = sweep._read(sweep.point_path(str(tmp_path), "widget", "no_overlap", 0.25,
                                           "lof@grouping=neighbourhood@group_radius=1"))
-    assert (stored["config"]["model.grouping"], stored["config"]["model.group_radius"]) == \
+    assert (stored["config"]["denoise.grouping"], stored["config"]["denoise.group_radius"]) == \
         ("neighbourhood", 1)
-    c.model.lof_k = 4  # a field no entry sets: the finished points refuse
-    with pytest.raises(ValueError, match="model.lof_k: 3 -> 4"):
+    c.denoise.lof_k = 4  # a field no entry sets: the finished points refuse
+    with pytest.raises(ValueError, match="denoise.lof_k: 3 -> 4"):
         sweep.run_sweep(c, str(tmp_path))

@@ -147,11 +147,11 @@ def test_window_table():
 
 @pytest.mark.parametrize("call,message", [
     (lambda x: grouping.grouped_scores(x, "gaussian", "global", grid=GRID),
-     "model.grouping=global does not support model.discriminator=gaussian"),
+     "denoise.grouping=global does not support denoise.discriminator=gaussian"),
     (lambda x: grouping.grouped_scores(x, "lof", "rows", grid=GRID),
-     "model.grouping='rows' is unknown"),
+     "denoise.grouping='rows' is unknown"),
     (lambda x: grouping.grouped_scores(x, "lof", "neighbourhood", radius=-1, grid=GRID),
-     "model.group_radius=-1 must be an integer >= 0"),
+     "denoise.group_radius=-1 must be an integer >= 0"),
     (lambda x: grouping.grouped_scores(x[:2], "lof", "neighbourhood", k=6, radius=0, grid=GRID),
      r"needs 6 candidate patches of other images, but some patches have 1"),
     (lambda x: grouping.grouped_scores(x, "lof", "neighbourhood", grid=(3, 3)),

@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 
 from softpatch_jax.data import synthetic
 from softpatch_jax.pipeline import compilation, evaluate, validation
+from softpatch_jax.upgrade import upgrade
 
 from conftest import REPO, load_config
 
@@ -36,7 +37,7 @@ def restore_cache():
     yield
     runtime = ({"cache_dir": os.path.dirname(before)} if before
                else {"compilation_cache": False})
-    compilation.enable_persistent_cache(ConfigDict(runtime))
+    compilation.enable_persistent_cache(ConfigDict({"compilation_cache": True, **runtime}))
 
 
 def test_counter_counts_one_compile_per_shape():
@@ -68,11 +69,13 @@ def test_counters_nest_and_see_every_thread():
 
 def test_cache_switches_directories_and_turns_off(tmp_path, restore_cache):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert compilation.enable_persistent_cache(ConfigDict({"cache_dir": str(a)})) == str(a / "xla")
-    assert compilation.enable_persistent_cache(ConfigDict({"cache_dir": str(a)})) == str(a / "xla")
+    on = ConfigDict({"cache_dir": str(a), "compilation_cache": True})
+    assert compilation.enable_persistent_cache(on) == str(a / "xla")
+    assert compilation.enable_persistent_cache(on) == str(a / "xla")
     _fresh_function()(_array(3)).block_until_ready()
     assert len(os.listdir(a / "xla")) == 1  # even a tiny, quick program is kept
-    compilation.enable_persistent_cache(ConfigDict({"cache_dir": str(b)}))
+    compilation.enable_persistent_cache(ConfigDict({"cache_dir": str(b),
+                                                    "compilation_cache": True}))
     _fresh_function()(_array(3)).block_until_ready()
     assert len(os.listdir(a / "xla")) == 1 and len(os.listdir(b / "xla")) == 1
     off = ConfigDict({"cache_dir": str(b), "compilation_cache": False})
@@ -85,7 +88,8 @@ def test_a_directory_set_outside_is_kept(tmp_path, restore_cache):
     before = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "users"))
     try:
-        got = compilation.enable_persistent_cache(ConfigDict({"cache_dir": str(tmp_path)}))
+        got = compilation.enable_persistent_cache(ConfigDict({"cache_dir": str(tmp_path),
+                                                              "compilation_cache": True}))
         assert got == str(tmp_path / "users") == jax.config.jax_compilation_cache_dir
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
@@ -96,7 +100,9 @@ def test_stored_configs_without_the_field_cache_and_a_bad_value_is_one_line(tmp_
         os.path.join("softpatch_jax", "xla"))
     r = load_config("default.py").runtime
     assert r.compilation_cache is True
-    validation.check_runtime(ConfigDict({"memory_budget_mb": 64}))  # stored before the field
+    stored = json.loads(open(os.path.join(REPO, "tests", "fixtures", "config_0.2.json")).read())
+    del stored["runtime"]["compilation_cache"]  # a config stored before the field: upgraded
+    validation.check_runtime(upgrade(stored).runtime)
     with pytest.raises(ValueError, match=r"^runtime\.compilation_cache='yes' must be True or"):
         validation.check_runtime(ConfigDict({"memory_budget_mb": 64, "compilation_cache": "yes"}))
 
@@ -106,7 +112,8 @@ import sys
 import jax, jax.numpy as jnp, numpy as np
 from ml_collections import ConfigDict
 from softpatch_jax.pipeline import compilation
-compilation.enable_persistent_cache(ConfigDict({"cache_dir": sys.argv[1]}))
+compilation.enable_persistent_cache(ConfigDict({"cache_dir": sys.argv[1],
+                                                "compilation_cache": True}))
 x = jax.device_put(np.ones((4, 3), np.float32))
 with compilation.CompileCounter() as c:
     jax.jit(lambda v: jnp.tanh(v) @ v.T + 2.0)(x).block_until_ready()

@@ -32,7 +32,7 @@ def test_every_shipped_config_has_only_known_fields(path):
 
 
 @pytest.mark.parametrize("section, field, closest", [
-    ("model", "treshold", "model.threshold"),
+    ("denoise", "ratoi", "denoise.ratio"),
     ("data", "imagesize", "data.image_size"),
     ("runtime", "memory_budget", "runtime.memory_budget_mb"),
     ("fyd", "epoch", "fyd.epochs"),
@@ -53,9 +53,9 @@ def test_a_misspelt_section_and_a_section_for_a_value():
     with pytest.raises(ValueError, match="config field modle does not exist; did you mean model"):
         validation.check_known_fields(config)
     fields = defaults.get_config().to_dict()
-    fields["model"]["threshold"] = {"value": 0.1}
+    fields["denoise"]["ratio"] = {"value": 0.1}
     config = ml_collections.ConfigDict(fields)
-    with pytest.raises(ValueError, match="model.threshold must be a value"):
+    with pytest.raises(ValueError, match="denoise.ratio must be a value"):
         validation.check_known_fields(config)
 
 
@@ -124,5 +124,5 @@ def test_a_misspelt_field_in_a_config_file_is_one_line_at_the_command_line(tmp_p
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "error: config field model.coreset_ration does not exist; did you mean "
-        "model.coreset_ratio? (softpatch_jax/defaults.py says what each field does)")
+        "bank.coreset_ratio? (softpatch_jax/defaults.py says what each field does)")
     assert not workdir.exists()

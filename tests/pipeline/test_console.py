@@ -142,7 +142,7 @@ def test_the_command_line_is_quiet_and_logs_everything(mvtec_root, tmp_path, cac
     base = [sys.executable, "-m", "softpatch_jax.main", f"--workdir={work}"]
     fit = subprocess.run(base + [
         "--config=configs/mvtec.py", f"--config.data.root={mvtec_root}",
-        "--config.data.category=widget", "--config.noise.ratio=0.25", "--config.model.lof_k=3",
+        "--config.data.category=widget", "--config.noise.ratio=0.25", "--config.denoise.lof_k=3",
         "--config.data.resize=64", "--config.data.image_size=64"],
         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert fit.returncode == 0, fit.stderr[-3000:]

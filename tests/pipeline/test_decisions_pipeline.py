@@ -26,7 +26,8 @@ def root(tmp_path_factory):
 def _config(root, cache_dir, method="softpatch"):
     c = load_config("mvtec.py")
     c.data.update(dict(root=root, category="gizmo", resize=48, image_size=48, batch_size=8))
-    c.model.update(dict(method=method, lof_k=4, coreset_ratio=0.2))
+    c.update_from_flattened_dict({"model.method": method, "denoise.lof_k": 4,
+                                  "bank.coreset_ratio": 0.2})
     c.noise.ratio, c.noise.mode = 0.2, "overlap"
     c.threshold.false_reject = 0.1
     c.runtime.cache_dir = cache_dir

@@ -56,7 +56,7 @@ def _setup(case, tmp, data_root):
         field = case[:-2]
         return _fit(data_root, w, f"--config.data.{field}=0")
     if case == "missing_weights":
-        return _fit(data_root, w, "--config.model.weights=/no/such/weights.pth")
+        return _fit(data_root, w, "--config.backbone.weights=/no/such/weights.pth")
     if case == "missing_noise_list":
         return _fit(data_root, w, "--config.noise.files=/no/such/list.txt")
     if case == "unknown_noise_name":
@@ -91,7 +91,7 @@ CASES = {  # case: what the one line must say
     "resize_0": "data.resize=0 must be at least 1",
     "image_size_0": "data.image_size=0 must be at least 1",
     "batch_size_0": "data.batch_size=0 must be at least 1",
-    "missing_weights": "model.weights='/no/such/weights.pth' does not exist",
+    "missing_weights": "backbone.weights='/no/such/weights.pth' does not exist",
     "missing_noise_list": "noise.files='/no/such/list.txt' is neither a file",
     "unknown_noise_name": "noise.files names ['test/blob/999.png']",
     "ratio_too_high": "lower noise.ratio to at most 0.125",

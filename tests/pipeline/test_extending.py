@@ -1,6 +1,6 @@
 """Adding a method or a discriminator is one new class or scorer plus one registration line; both
 then run through fit, score, the sweep and predict with nothing else changed. A discriminator
-that also declares a neighbour form runs under every model.grouping; one that does not is
+that also declares a neighbour form runs under every denoise.grouping; one that does not is
 refused under the groupings that need it, in one line."""
 import csv
 import functools
@@ -38,7 +38,7 @@ def knn_mean_scores(x, k):
     return jnp.mean(jnp.sort(d, axis=1)[:, :k], axis=1)
 
 
-# Its neighbour form, for model.grouping=neighbourhood / global / auto: two more declarations.
+# Its neighbour form, for denoise.grouping=neighbourhood / global / auto: two more declarations.
 discriminators.register("toy_knn_mean", lambda k: functools.partial(knn_mean_scores, k=k),
                         min_group=lambda k: k + 1, neighbours=lambda k: k,
                         from_neighbours=lambda dist, idx: jnp.mean(dist, axis=1))
@@ -74,7 +74,7 @@ def test_toy_method_and_discriminator_run_everywhere(mvtec_root, tmp_path, cache
     for entry in ("toy_distance_to_mean", "toy_spread"):
         run = c.copy_and_resolve_references()
         with run.unlocked():
-            run.model.update(methods.sweep_overrides(entry))
+            run.update_from_flattened_dict(methods.sweep_overrides(entry))
             del run["sweep"]
         workdir = str(tmp_path / entry)
         result = evaluate.train_and_evaluate(run, workdir)["widget"]
@@ -127,7 +127,7 @@ def _knn_mean_reference(x, radius, k):
     ("global", False, "global"), ("auto", True, "position"), ("auto", False, "neighbourhood")])
 def test_toy_neighbour_discriminator_runs_under_every_grouping(name, aligned, runs_as):
     """As SoftPatch runs it: checked, `auto` resolved, scored under the resolved grouping."""
-    grouping.check(name, RADIUS, ["toy_knn_mean"], "model.discriminator")
+    grouping.check(name, RADIUS, ["toy_knn_mean"], "denoise.discriminator")
     assert "toy_knn_mean" in grouping.supporting(name)
     x = _grouping_features(aligned)
     run, _ = grouping.resolve(name, x, GRID, RADIUS)
@@ -142,20 +142,20 @@ def test_discriminator_without_a_neighbour_form_is_refused_in_one_line(name):
     """toy_spread declares only its group scorer: position grouping alone. The message names
     the field and the registered discriminators that do run under the grouping."""
     with pytest.raises(ValueError) as err:
-        grouping.check(name, RADIUS, ["toy_spread"], "model.discriminator")
+        grouping.check(name, RADIUS, ["toy_spread"], "denoise.discriminator")
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"model.grouping={name} does not support "
-                              "model.discriminator=toy_spread; use ")
+    assert message.startswith(f"denoise.grouping={name} does not support "
+                              "denoise.discriminator=toy_spread; use ")
     assert "toy_knn_mean" in message and "toy_spread there" not in message
     for listed in message.split("; use ")[1].split(" there")[0].split(" or "):
         assert listed in grouping.supporting(name)
     if name != "auto":  # auto is resolved per fit; the config check refuses it
-        with pytest.raises(ValueError, match="does not support model.discriminator=toy_spread"):
+        with pytest.raises(ValueError, match="does not support denoise.discriminator=toy_spread"):
             grouping.grouped_scores(_grouping_features(False), "toy_spread", name, k=3,
                                     radius=RADIUS, grid=GRID)
     c = load_config("default.py")
-    c.model.method, c.model.discriminator, c.model.grouping = "softpatch", "toy_spread", name
-    with pytest.raises(ValueError, match=f"model.grouping={name} does not support"):
+    c.model.method, c.denoise.discriminator, c.denoise.grouping = "softpatch", "toy_spread", name
+    with pytest.raises(ValueError, match=f"denoise.grouping={name} does not support"):
         methods.from_config(c)
-    grouping.check("position", RADIUS, ["toy_spread"], "model.discriminator")
+    grouping.check("position", RADIUS, ["toy_spread"], "denoise.discriminator")

@@ -32,7 +32,7 @@ def test_mvtec_format_end_to_end(mvtec_root, tmp_path, cache_dir):
     assert widget["pixel_auroc"] > 0.7  # the pasted blobs are easy to localise
     assert 0.0 <= widget["aupro"] <= 1.0 and 0.0 < widget["image_f1_max"] <= 1.0
     assert set(widget["image_auroc_per_defect"]) == {"blob", "scratch"}
-    assert result["config"]["model"]["discriminator"] == "lof"
+    assert result["config"]["denoise"]["discriminator"] == "lof"
     assert "| widget |" in (tmp_path / "results.md").read_text()
     assert len((tmp_path / "categories" / "widget" / "noise.txt").read_text().split()) == 3
     # Predict mode scores new images from the saved model, exactly as the fitted run did.
@@ -77,8 +77,8 @@ def test_real_mvtec_transistor_small(tmp_path, cache_dir):
     (["--config.data.root=/nonexistent"], "does not exist; set data.root"),
     (["--config.data.category=bolt"], "unknown category bolt"),
     (["--config.noise.ratio=2.0"], "noise.ratio=2.0 needs 24 anomalous images"),
-    (["--config.model.discriminator=median"], "model.discriminator='median' is unknown"),
-    (["--config.model.lof_k=30"], "model.lof_k=30 needs more than 30"),
+    (["--config.denoise.discriminator=median"], "denoise.discriminator='median' is unknown"),
+    (["--config.denoise.lof_k=30"], "denoise.lof_k=30 needs more than 30"),
 ])
 def test_bad_input_is_one_line(mvtec_root, tmp_path, cache_dir, args, message):
     base = ["--config=configs/mvtec.py", f"--config.data.root={mvtec_root}"]
@@ -91,8 +91,8 @@ def test_bad_input_is_one_line(mvtec_root, tmp_path, cache_dir, args, message):
 @pytest.mark.parametrize("method", ["softpatch_plus", "padim", "patchcore", "fyd"])
 def test_other_methods_end_to_end_and_predict(mvtec_root, tmp_path, cache_dir, method):
     out = _run(["--config=configs/mvtec.py", f"--config.data.root={mvtec_root}",
-                f"--config.model.method={method}", "--config.model.lof_k=5",
-                "--config.model.reweight_neighbours=3", "--config.fyd.epochs=2",
+                f"--config.model.method={method}", "--config.denoise.lof_k=5",
+                "--config.bank.reweight_neighbours=3", "--config.fyd.epochs=2",
                 "--config.fyd.batch_size=4"] + SMALL, tmp_path, cache_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     widget = json.loads((tmp_path / "metrics.json").read_text())["categories"]["widget"]

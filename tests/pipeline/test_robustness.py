@@ -99,13 +99,13 @@ def test_metrics_describe_exactly_the_categories_on_disk(root, tmp_path, cache_d
                                                                                       "beta"]
     # Another config refuses to mix, naming the changed field; --overwrite replaces the lot.
     other = _config(root, cache_dir, "alpha")
-    other.model.coreset_ratio = 0.5
-    with pytest.raises(ValueError, match=r"model.coreset_ratio: 0.1 -> 0.5.*--overwrite"):
+    other.bank.coreset_ratio = 0.5
+    with pytest.raises(ValueError, match=r"bank.coreset_ratio: 0.1 -> 0.5.*--overwrite"):
         evaluate.train_and_evaluate(other, work)
     evaluate.train_and_evaluate(other, work, overwrite=True)
     metrics = _strict_json(os.path.join(work, "metrics.json"))
     assert list(metrics["categories"]) == list(predict.fitted_models(work)) == ["alpha"]
-    assert metrics["config"]["model"]["coreset_ratio"] == 0.5
+    assert metrics["config"]["bank"]["coreset_ratio"] == 0.5
     assert "beta" not in (tmp_path / "run" / "results.md").read_text()
     assert not (tmp_path / "run" / "categories" / "beta").exists()
 
@@ -147,7 +147,7 @@ def _sweep_config(root, cache_dir):
     c = load_config("sweeps/noise.py")
     c.data.update(dict(root=root, category="alpha", resize=32, image_size=32, batch_size=8))
     c.sweep.ratios, c.sweep.discriminators, c.sweep.overlays = "0", "none,lof", False
-    c.model.lof_k = 3
+    c.denoise.lof_k = 3
     c.runtime.cache_dir = cache_dir
     return c
 
@@ -163,14 +163,14 @@ def test_a_sweep_rerun_with_a_changed_field_refuses_or_recomputes(root, tmp_path
     sweep.run_sweep(_sweep_config(root, cache_dir), work)  # same config and data: all skipped
     assert calls == []
     changed = _sweep_config(root, cache_dir)
-    changed.model.coreset_ratio = 0.5
-    with pytest.raises(ValueError, match=r"model.coreset_ratio: 0.1 -> 0.5.*--overwrite"):
+    changed.bank.coreset_ratio = 0.5
+    with pytest.raises(ValueError, match=r"bank.coreset_ratio: 0.1 -> 0.5.*--overwrite"):
         sweep.run_sweep(changed, work)
     rows = {r["method"]: r for r in sweep.run_sweep(changed, work, overwrite=True)}
     assert len(calls) == 2 and rows["none"]["memory_bank"] > first["none"]["memory_bank"]
     # A point of another config elsewhere in DIR is never aggregated with these.
     seeded = _sweep_config(root, cache_dir)
-    seeded.model.coreset_ratio = 0.5
+    seeded.bank.coreset_ratio = 0.5
     seeded.sweep.discriminators = "none"
     seeded.seed = 3
     with pytest.raises(ValueError, match=r"seed: 0 -> 3"):

