@@ -487,7 +487,9 @@ def check_study_fields(config) -> None:
 
 def run_study(config, root: str) -> str:
     """Runs every sweep of the study (resumable), rewriting study.md after each."""
+    from softpatch_jax.pipeline import console
     from softpatch_jax.pipeline.sweep import run_sweep
+    from softpatch_jax.report import write_report
 
     check_study_fields(config)
     plan = sweeps(config, root)  # checks the study's fields before anything is written
@@ -507,7 +509,8 @@ def run_study(config, root: str) -> str:
               f"{c.sweep.discriminators}", flush=True)
         start = time.time()
         before = len(_finished(workdir))
-        run_sweep(c, workdir)
+        if run_sweep(c, workdir):  # each sweep folder's report.html, as experiments/sweep.py
+            console.say(f"report: {write_report(workdir)}")
         timings.append({"dataset": name, "modes": c.sweep.modes, "ratios": c.sweep.ratios,
                         "entries": c.sweep.discriminators,
                         "points": len(_finished(workdir)) - before,

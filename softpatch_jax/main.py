@@ -6,7 +6,8 @@ Score new images: python -m softpatch_jax.main --mode=predict --workdir DIR --im
 Export for deployment: python -m softpatch_jax.main --mode=export --workdir DIR [--export_batch=8]
   (DIR/export/<category>/: a jax.export scorer and a loader needing only jax and numpy)
 The console shows warnings, progress and a summary; --verbosity=1 adds library INFO logging;
-DIR/run.log gets everything (pipeline/console.py).
+DIR/run.log gets everything (pipeline/console.py). Fit and predict end by rewriting
+DIR/report.html (softpatch_jax/report/, above the pipeline, so written here).
 """
 import os
 
@@ -14,10 +15,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from softpatch_jax.export import exporter
-from softpatch_jax.io.html_report import REPORT_FILE
 from softpatch_jax.io.lock import workdir_lock
 from softpatch_jax.ops import sharding
 from softpatch_jax.pipeline import cli, console, evaluate, predict
+from softpatch_jax.report import write_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics.json, results.md and run files.")
@@ -58,15 +59,16 @@ def use_fitted():
             print(f"{cat}: exported -> {folder} (python {folder}/loader.py {folder} IMAGE...)")
         return
     if FLAGS.mode == "predict":
-        for cat, (names, scores) in predict.predict_images(
-                FLAGS.workdir, predict.split_images(FLAGS.images), FLAGS.category,
-                threshold=FLAGS.threshold).items():
+        found = predict.predict_images(FLAGS.workdir, predict.split_images(FLAGS.images),
+                                       FLAGS.category, threshold=FLAGS.threshold)
+        path = write_report(FLAGS.workdir)  # the fit's report, with a predictions section
+        for cat, (names, scores) in found.items():
             top = int(scores.argmax())
             verdicts = predict.verdict_counts(FLAGS.workdir, cat)
             print(f"{cat}: {len(names)} images scored{verdicts} -> "
                   f"{FLAGS.workdir}/predictions/{cat}/predictions.csv "
                   f"(highest: {names[top]} = {float(scores[top]):.6g})")
-        print(f"report: {os.path.join(os.path.abspath(FLAGS.workdir), REPORT_FILE)}")
+        print(f"report: {path}")
 
 
 def fit():
@@ -74,7 +76,10 @@ def fit():
         raise ValueError("--config is required to fit; give a config file such as "
                          "configs/default.py")
     sharding.maybe_initialize_distributed(FLAGS.config.runtime.distributed)
-    evaluate.train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    results = evaluate.train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    path = write_report(FLAGS.workdir)
+    for line in console.summary_lines(results, path, console.log_path(FLAGS.workdir)):
+        console.say(line)
 
 
 def main(argv):

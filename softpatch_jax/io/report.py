@@ -17,13 +17,14 @@ DECISIONS = ("audit_auroc", "audit_ap", "audit_precision_at_n", "image_f1",
 METRICS = RANKING + DECISIONS
 
 
-def _present(v) -> bool:
+def present(v) -> bool:
+    """A value to show and average: not None, not NaN."""
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
 def mean(values: Iterable) -> Optional[float]:
     """Mean of the values that are present (not None, not NaN); None if there are none."""
-    vals = [v for v in values if _present(v)]
+    vals = [v for v in values if present(v)]
     return sum(vals) / len(vals) if vals else None
 
 
@@ -32,7 +33,7 @@ def summarise(per_category: Dict[str, dict]) -> dict:
 
 
 def fmt(v) -> str:
-    return f"{v:.4f}" if _present(v) else "-"
+    return f"{v:.4f}" if present(v) else "-"
 
 
 def table(cells: Dict[str, Dict[str, object]], columns: Sequence[str], corner: str = "category",
@@ -53,7 +54,7 @@ def table(cells: Dict[str, Dict[str, object]], columns: Sequence[str], corner: s
 
 def markdown_table(per_category: Dict[str, dict], title: str = "") -> str:
     """The ranking metrics, then (where present) the decisions without labels."""
-    lines = [f"# {md_cell(title)}", ""] if title else []  # html_report reads it back
+    lines = [f"# {md_cell(title)}", ""] if title else []  # the report reads it back
     for i, group in enumerate((RANKING, DECISIONS)):
         cols = [m for m in group if any(r.get(m) is not None for r in per_category.values())]
         if not cols:

@@ -20,7 +20,7 @@ from softpatch_jax.data import noise, preprocess
 from softpatch_jax.evaluation import metrics
 from softpatch_jax.features.extractor import make_extractor
 from softpatch_jax.features.types import BackboneSpec
-from softpatch_jax.io import checkpoint, html_report, report
+from softpatch_jax.io import assets, checkpoint, report
 from softpatch_jax.files import json_safe, write_json
 from softpatch_jax.io.text import csv_text_cell
 from softpatch_jax.pipeline import (compilation, console, decisions, provenance, rundir,
@@ -95,7 +95,7 @@ def record_noise(split: noise.NoisySplit, directory: str) -> None:
 
 
 def write_scores(path: str, samples, image_scores) -> None:
-    """scores.csv; names and defects guarded against formulas (html_report reads them back
+    """scores.csv; names and defects guarded against formulas (the report reads them back
     through text.csv_text_value), scores as written by repr."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -253,8 +253,8 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
             plots.overlays(split.test, scores.maps(), masks, d.resize, d.image_size,
                            os.path.join(out_dir, "overlay.png"),
                            f"{category}: {method.name} ({method.label})")
-        html_report.report_assets(out_dir, split.test, scores.image, scores.maps(),
-                                  masks if has_masks else None, d.resize, d.image_size)
+        assets.report_assets(out_dir, split.test, scores.image, scores.maps(),
+                             masks if has_masks else None, d.resize, d.image_size)
     result["seconds_report_assets"] = round(time.time() - t_report, 2)
     result.update(fitted.seconds, seconds_predict=round(t_report - t_score, 2))
     result["stage_seconds"] = {name: clock.rounded()[name] for name in STAGES
@@ -273,7 +273,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> Dict[st
 
     Everything that can be checked is checked first (config, workdir, every category's files);
     each category's files then appear together when it succeeds, and metrics.json/results.md
-    always describe exactly the categories on disk. A config in 0.2's shape is upgraded first."""
+    always describe exactly the categories on disk. A config in 0.2's shape is upgraded first.
+    -> {category: result}; the report and the closing summary are the command's (main.py), as
+    the report sits above the pipeline."""
     config = upgrade(config)
     method = validation.check_config(config)
     validation.check_workdir(workdir)
@@ -309,8 +311,4 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> Dict[st
             console.say(f"[{i + 1}/{len(categories)}] {category}: {console.headline(result)} "
                         f"({result['seconds']:.1f} s)")
             report.write_results(workdir, run.results(), config.to_dict(), title)
-    results = run.results()
-    path = html_report.write_report(workdir)
-    for line in console.summary_lines(results, path, console.log_path(workdir)):
-        console.say(line)
-    return results
+    return run.results()

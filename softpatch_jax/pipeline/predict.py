@@ -29,7 +29,7 @@ from softpatch_jax.data.mvtec import IMAGE_EXTS
 from softpatch_jax.data.samples import Sample
 from softpatch_jax.features.cache import config_key
 from softpatch_jax.features.types import BackboneSpec
-from softpatch_jax.io import checkpoint, html_report, plots
+from softpatch_jax.io import assets, checkpoint, plots
 from softpatch_jax.files import glob_once, staged_dir, walk_once, write_json
 from softpatch_jax.io.text import csv_text_cell
 from softpatch_jax.pipeline import compilation, decisions, evaluate
@@ -207,12 +207,12 @@ def _write_decisions(target: str, samples, scores, maps, image_threshold, pixel_
         if mask is not None:
             Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(target, "masks",
                                                                              stem))
-        Image.fromarray(html_report.overlay(image, amap, mask, lo, hi)).save(
+        Image.fromarray(assets.overlay(image, amap, mask, lo, hi)).save(
             os.path.join(target, "overlays", stem))
     with open(os.path.join(target, "predictions.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
-        # Text guarded against formulas (html_report reads it back through
+        # Text guarded against formulas (the report reads it back through
         # text.csv_text_value); the numbers as they are.
         w.writerows({**r, "name": csv_text_cell(r["name"]), "path": csv_text_cell(r["path"]),
                      "score": repr(r["score"]),
@@ -275,7 +275,6 @@ def predict_images(workdir: str, images: Sequence[str], category: str = "",
                 with open(os.path.join(target, "unreadable.txt"), "w") as f:
                     f.writelines(f"{p}\t{why}\n" for p, why in unreadable)
         out[cat] = (names, scores.image)
-    html_report.write_report(workdir)  # the fit's report, with a predictions section
     return out
 
 

@@ -22,7 +22,7 @@ import time
 from softpatch_jax import data, methods
 from softpatch_jax.features.cache import FeatureCache, config_key
 from softpatch_jax.features.types import BackboneSpec
-from softpatch_jax.io import html_report, plots, report
+from softpatch_jax.io import plots, report
 from softpatch_jax.files import atomic_path, fingerprint, staged_dir, write_json
 from softpatch_jax.io.lock import workdir_lock
 from softpatch_jax.io.text import csv_text_cell, md_cell
@@ -276,7 +276,8 @@ def run_sweep(config, workdir, overwrite: bool = False, shard: str = "0/1"):
     """Runs the sweep's points into `workdir`; `shard` 'i/n' runs every n-th point (n processes,
     one folder: a job array or the hosts of a slice), the tables aggregate every finished one.
     `sweep.batch_points` > 1 runs that many points at once with their coresets batched. A config
-    in 0.2's shape is upgraded first."""
+    in 0.2's shape is upgraded first. -> every finished point's row; the command writes the
+    report (experiments/sweep.py)."""
     config = upgrade(config)
     todo, stale = _plan(config, workdir, overwrite, parse_shard(shard))
     batch = config.sweep.get("batch_points", 1)
@@ -313,5 +314,4 @@ def _run_planned(config, workdir, todo, stale, batch):
         aggregate(workdir, rows)
         with open(os.path.join(workdir, "results.md")) as f:
             print(f.read())
-        console.say(f"report: {html_report.write_report(workdir)}")
     return rows

@@ -12,11 +12,12 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from softpatch_jax.io import html_report, report, text
+from softpatch_jax.io import assets, report, text
 from softpatch_jax.files import write_json
 from softpatch_jax.pipeline import evaluate, predict, sweep
+from softpatch_jax.report import pages, runs, write_report
 
-from test_html_report import _point, category  # noqa: F401 (category: a fixture)
+from run_folders import category, sweep_point  # noqa: F401 (category: a fixture)
 
 # File names (relative sample names: '/' makes a sub-folder, as in test/good/000.png).
 HOSTILE = ("<script>alert(1)</script>.png", "a\"b'c.png", "=cmd|' /C calc'!A0.png",
@@ -79,7 +80,7 @@ def _inert(path: str) -> _Parsed:
     kind; every link a relative URL to a file that is there, or to an id on the page."""
     with open(path, encoding="utf-8") as f:
         page = _Parsed(f.read())
-    watcher = html_report.WATCH[len("<script>"):-len("</script>")]
+    watcher = pages.WATCH[len("<script>"):-len("</script>")]
     assert page.scripts == [watcher]
     assert not page.comments
     assert {t for t, _ in page.tags} <= REPORT_TAGS
@@ -182,7 +183,7 @@ def test_markdown_table_keeps_its_columns(tmp_path):
     report.write_results(str(tmp_path), per_category, CONFIG, TITLE)
     md = (tmp_path / "results.md").read_text()
     assert md.splitlines()[0] == "# " + text.md_cell(TITLE)
-    assert html_report._title(str(tmp_path), None) == TITLE  # what the report shows
+    assert pages._title(str(tmp_path), None) == TITLE  # what the report shows
     tables = _tables(md)
     assert len(tables) == 2
     for rows in tables:
@@ -208,7 +209,7 @@ def test_scores_csv_guards_text_and_keeps_numbers(tmp_path, category):
         assert row[0] == text.csv_text_cell(s.name) and row[3] == repr(float(v))
         assert row[2] == (f"'{DEFECT}" if s.label else s.defect)
     assert rows[2][0] == "'" + HOSTILE[2] and rows[0][3] == "-0.5" and rows[1][0] == HOSTILE[1]
-    back = html_report._read_csv(path)  # the package's reader undoes the guard
+    back = runs.read_csv(path)  # the package's reader undoes the guard
     assert [(r["name"], r["defect"]) for r in back] == [(s.name, s.defect) for s in samples]
 
 
@@ -216,8 +217,8 @@ def test_sweep_results_csv_and_md(tmp_path):
     w = str(tmp_path)
     for cat in (CATEGORY, "=1+2"):
         for ratio in (0.0, 0.1):
-            _point(w, cat, MODE, ratio, METHOD, 0.5 + ratio)
-            _point(w, cat, MODE, ratio, "$\\bar$", -0.25)  # a '$' pair: not mathtext
+            sweep_point(w, cat, MODE, ratio, METHOD, 0.5 + ratio)
+            sweep_point(w, cat, MODE, ratio, "$\\bar$", -0.25)  # a '$' pair: not mathtext
     rows = sweep.finished_points(w)
     sweep.aggregate(w, rows)
     with open(tmp_path / "results.csv", newline="") as f:
@@ -246,7 +247,7 @@ def _fit_dir(root: str, category) -> list:
     samples, scores, maps, masks = _hostile(category)
     folder = os.path.join(root, "categories", CATEGORY)
     os.makedirs(folder)
-    html_report.report_assets(folder, samples, scores, maps, masks, 32, 32)
+    assets.report_assets(folder, samples, scores, maps, masks, 32, 32)
     evaluate.write_scores(os.path.join(folder, "scores.csv"), samples, scores)
     # One injected image is also a test image: found only when scores.csv reads back.
     write_json(os.path.join(folder, "noise.json"), [{"name": HOSTILE[2], "defect": DEFECT},
@@ -274,7 +275,7 @@ def _fit_dir(root: str, category) -> list:
 
 def test_fit_report_shows_hostile_names_as_text(tmp_path, category):
     samples = _fit_dir(str(tmp_path), category)
-    page = _inert(html_report.write_report(str(tmp_path)))
+    page = _inert(write_report(str(tmp_path)))
     words = _words(page)
     for shown in (TITLE, CATEGORY, DEFECT, CONFIG["data"]["name"], CONFIG["data"]["root"],
                   MODE, "<i>leave_one_out</i>", "</p><script>alert(5)</script>", "<i>d</i>",
@@ -302,13 +303,13 @@ def test_fit_report_shows_hostile_names_as_text(tmp_path, category):
 
 def test_sweep_report_links_hostile_folders(tmp_path, category):
     w = str(tmp_path)
-    rels = [_point(w, cat, MODE, ratio, METHOD, 0.5 + ratio)
+    rels = [sweep_point(w, cat, MODE, ratio, METHOD, 0.5 + ratio)
             for cat in (CATEGORY, "=1+2") for ratio in (0.0, 0.1)]
     samples, scores, maps, masks = _hostile(category)
-    html_report.report_assets(os.path.join(w, rels[0]), samples, scores, maps, masks, 32, 32)
+    assets.report_assets(os.path.join(w, rels[0]), samples, scores, maps, masks, 32, 32)
     evaluate.write_scores(os.path.join(w, rels[0], "scores.csv"), samples, scores)
     sweep.aggregate(w, sweep.finished_points(w))
-    page = _inert(html_report.write_report(w))
+    page = _inert(write_report(w))
     points = [a["href"] for a in page.all("a") if a.get("class") == "point"]
     assert sorted(urllib.parse.unquote(h) for h in points) == sorted(
         os.path.join(r, "report.html") for r in rels)

@@ -126,3 +126,21 @@ def test_a_misspelt_field_in_a_config_file_is_one_line_at_the_command_line(tmp_p
         "error: config field model.coreset_ration does not exist; did you mean "
         "bank.coreset_ratio? (softpatch_jax/defaults.py says what each field does)")
     assert not workdir.exists()
+
+
+def test_0_2_names_on_the_command_line_are_read_as_todays(capsys):
+    """--config.model.threshold=0.2 (0.2's name) is read as --config.denoise.ratio=0.2 with a
+    note; a field the config file holds under that name (a file in 0.2's shape) is kept."""
+    from softpatch_jax.pipeline import cli
+
+    config = os.path.join(REPO, "configs", "default.py")
+    argv = ["main", f"--config={config}", "--config.model.threshold=0.2",
+            "--config.model.method=padim", "--config.model.lof_k", "5"]
+    assert cli.renamed_overrides(argv) == [
+        "main", f"--config={config}", "--config.denoise.ratio=0.2", "--config.model.method=padim",
+        "--config.denoise.lof_k", "5"]
+    err = capsys.readouterr().err
+    assert "note: --config.model.threshold is 0.2's name of --config.denoise.ratio" in err
+    old_file = os.path.join(REPO, "tests", "fixtures", "config_0_2_file.py")
+    argv = ["main", f"--config={old_file}", "--config.model.threshold=0.2"]
+    assert cli.renamed_overrides(argv) == argv

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from softpatch_jax.io import html_report
 from softpatch_jax.pipeline import evaluate, predict, sweep
+from softpatch_jax.report import pages, write_report
 
 from conftest import load_config
 
@@ -88,18 +88,20 @@ def runs(mvtec_root, cache_dir, tmp_path_factory):
     images = [os.path.join(mvtec_root, "widget", "test", d, "000.png") for d in
               ("good", "blob", "scratch")]
     predict.predict_images(fit, images)
+    write_report(fit)  # as the commands do (main.py, experiments/sweep.py)
     s = load_config("sweeps/noise.py")
     s.data.update(c.data)
     s.denoise.lof_k, s.runtime.cache_dir = 3, cache_dir
     s.sweep.ratios, s.sweep.discriminators, s.sweep.modes = "0,0.25", "lof", "overlap"
     swept = str(tmp_path_factory.mktemp("sweep"))
     sweep.run_sweep(s, swept)
+    write_report(swept)
     return fit, swept
 
 
 def test_the_detector_of_errors_and_broken_images_fires(tmp_path):
     page = tmp_path / "broken.html"
-    page.write_text(html_report._page("t", "", [], [
+    page.write_text(pages._page("t", "", [], [
         '<img src="missing.png" alt="x"><script>no_such_function();</script>']))
     dom = _Dom(_browse(str(page), str(tmp_path / "profile"), "--dump-dom").stdout)
     assert int(dom.first("html")["data-errors"]) >= 2  # the script error and the failed load
