@@ -367,7 +367,7 @@ def goals_markdown(config, rows) -> List[str]:
     rule = (lof, plus)
     lof, plus = chosen_defaults(config, rule)
     note = "" if (lof, plus) == rule else (
-        f" (sweep.chosen; the rule proposes `{rule[0]}` and `{rule[1]}`: README says why)")
+        f" (sweep.chosen; the rule proposes `{rule[0]}` and `{rule[1]}`: docs/studies.md says why)")
     lines += ["## Goals", "", f"Chosen: SoftPatch `{lof}`, SoftPatch+ `{plus}`{note}.", ""]
     misses = []
     for title, family, chosen in (("SoftPatch", "lof", lof), ("SoftPatch+", "softpatch_plus",

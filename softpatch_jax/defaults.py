@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.denoise.group_radius = 2       # neighbourhood: Chebyshev window radius in patches
     config.denoise.soft_weight = True
 
-    # SoftPatch+ (secondary sources; see README): fusion and the two banks' denoising ratios.
+    # SoftPatch+ (secondary sources; docs/methods.md): fusion and the two banks' denoising ratios.
     config.softpatch_plus = ml_collections.ConfigDict()
     config.softpatch_plus.fusion = "lof,gaussian"
     config.softpatch_plus.fusion_rule = "mean"  # mean | max | weighted of rank-normalised scores
@@ -84,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.padim.dim = 0                  # 0 = the paper's for the backbone (100; ResNet-50s: 550)
 
     # FYD (model.method=fyd): alignment trained on the training images, then PaDiM on the aligned
-    # maps of padim.layers. Choices beyond METHOD.md are ours (README, "FYD").
+    # maps of padim.layers. Choices beyond METHOD.md are ours (docs/methods.md, "FYD").
     config.fyd = ml_collections.ConfigDict()
     config.fyd.epochs = 6
     config.fyd.batch_size = 16

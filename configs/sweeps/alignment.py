@@ -40,7 +40,7 @@ def get_config():
     s.misaligned = "transistor_rotated,fryum"
     s.aligned_tolerance = 0.01
     # The defaults the goals are checked for, one entry per family, where they were chosen
-    # otherwise than by the rule ('' = the rule's picks). README: why SoftPatch+ takes auto.
+    # otherwise than by the rule ('' = the rule's picks). docs/studies.md: why SoftPatch+ takes auto.
     s.chosen = "lof,softpatch_plus@grouping=auto"
     # transistor_rotated is generated (softpatch_jax/data/rotated.py) from this category into
     # its data.root, each image turned by a seeded angle in [-180, 180).

@@ -1,7 +1,8 @@
 """What every method is: the `Method` interface, the features it reads and the scores it gives.
 
 A method is a class registered by name (`methods.register`). `from_config` is the only place that
-reads `config.model.*` (and `config.fyd.*`); below it everything takes explicit arguments. A run:
+reads the method's config sections (`config.bank.*`, `config.denoise.*`, ...); below it everything
+takes explicit arguments. A run:
 
     method = methods.from_config(config)
     method.check(n_train)                                  # before any compute

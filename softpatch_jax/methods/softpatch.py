@@ -296,7 +296,7 @@ class SoftPatchPlus(SoftPatch):
     """SoftPatch+: fused discriminators, two banks. Soft weights are the first discriminator's
     raw scores (as in SoftPatch; the paper's choice is not known: our assumption)."""
     name = "softpatch_plus"
-    # denoise.grouping='' means this, chosen by the alignment study (README, issue 17): windows
+    # denoise.grouping='' means this, chosen by the alignment study (docs/studies.md, issue 17): windows
     # where the parts move (0.01-0.06 image AUROC better there), position where they line up.
     default_grouping = "auto"
 

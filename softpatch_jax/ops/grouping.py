@@ -19,7 +19,7 @@ the flat index b * P + p. Every grouping returns (B, P) scores.
   transistor 0.33, VisA fryum 0.37, ELPV poly 0.42; 1 / window size when nothing lines up).
   `auto` takes `position` from ALIGNED_SHARE = 0.5 up: position groups carry the information
   where a part should be (a missing part looks like the background at the next position), which
-  windows give away (alignment study, README).
+  windows give away (alignment study, docs/studies.md).
 
 Each discriminator runs here through the forms it declares at registration
 (ops/discriminators.py), never by its name: a neighbour form (how many nearest candidates it

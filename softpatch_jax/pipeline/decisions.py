@@ -11,8 +11,8 @@ At fit time (`fit_and_calibrate`), with the training features still in memory:
      decide an image score or the pixel threshold (`Method.training_bounds`,
      evaluation/pruned.py): the same figures, bit for bit;
   3. each training image gets a noise score (by default its left-out score of step 2, which
-     every method has; or a summary of the denoising's patch scores: README, "Deploying on your
-     own parts", compares them), a rank and a flag (evaluation/audit.py);
+     every method has; or a summary of the denoising's patch scores: docs/usage.md,
+     "Deploying on your own parts", compares them), a rank and a flag (evaluation/audit.py);
   4. thresholds at `threshold.false_reject` (images) and `threshold.pixel_false_reject`
      (pixels) of the unflagged training images' scores (evaluation/thresholds.py).
 Test labels are never read here. `test_figures` then reports precision, recall, F1, false

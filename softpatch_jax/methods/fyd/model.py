@@ -1,7 +1,7 @@
 """FYD (Focus Your Distribution): coarse-to-fine non-contrastive alignment, then PaDiM scoring.
 
-No official code exists; this follows METHOD.md and fills the gaps with choices of ours (README,
-"FYD"). Pieces, all pure functions over explicit variables:
+No official code exists; this follows METHOD.md and fills the gaps with choices of ours
+(docs/methods.md, "FYD"). Pieces, all pure functions over explicit variables:
 
 - Image-level coarse alignment: a spatial transformer warps each image; trained only by the pixel
   loss, the mean squared difference between every pair of warped images in a batch, counted where
