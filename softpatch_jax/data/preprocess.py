@@ -173,8 +173,7 @@ def load_image(path: str, resize: int = 256, crop: int = 224, aug=None,
     img = open_image(path, "RGB", data)
     if aug is not None:
         img = augment(img, *aug)
-    img = _resize_crop(img, resize, crop)
-    return (np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return normalised(img, resize, crop)
 
 
 def display_image(sample, resize: int = 256, crop: int = 224) -> np.ndarray:
@@ -210,7 +209,34 @@ def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
     return np.asarray(_resize_crop(mask, resize, crop)) == 255
 
 
+def array_image(array: np.ndarray) -> Image.Image:
+    """An image held in memory (the Python API's input) as an RGB PIL image: (H, W), (H, W, 1),
+    (H, W, 3) or (H, W, 4) of uint8, or of floats in [0, 1] (rounded to 8 bits, as a file would
+    hold them). One line naming the problem otherwise."""
+    a = np.asarray(array)
+    shape = a.shape
+    if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
+        a = a[..., 0] if a.shape[-1] == 1 else a[..., :3]
+    if a.ndim != 2 and not (a.ndim == 3 and a.shape[-1] == 3) or min(a.shape[:2]) < 1:
+        raise ValueError(f"an image array must be (H, W) or (H, W, 1|3|4), got shape {shape}")
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all() \
+                or a.min() < 0.0 or a.max() > 1.0:
+            raise ValueError(f"an image array must hold uint8 values or floats in [0, 1], got "
+                             f"{a.dtype} in [{a.min()}, {a.max()}]")
+        a = np.round(a * 255.0).astype(np.uint8)
+    return Image.fromarray(a).convert("RGB")
+
+
+def normalised(img: Image.Image, resize: int, crop: int) -> np.ndarray:
+    """-> (crop, crop, 3) float32, ImageNet-normalised: resized on the shorter side, cropped."""
+    img = _resize_crop(img, resize, crop)
+    return (np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
 def _load(item, resize, crop):
+    if isinstance(item, np.ndarray):
+        return normalised(array_image(item), resize, crop)
     if isinstance(item, str):
         return load_image(item, resize, crop)
     return load_image(item.path, resize, crop, item.augment, item.image_bytes)
@@ -218,7 +244,7 @@ def _load(item, resize, crop):
 
 def batches(samples: Sequence, batch_size: int, resize: int, crop: int,
             workers: int = 4) -> Iterator[Tuple[int, np.ndarray]]:
-    """Yields (start, (n, crop, crop, 3) images) batches of Samples (or plain paths), decoded
+    """Yields (start, (n, crop, crop, 3) images) batches of Samples (or plain paths, or image arrays: `array_image`), decoded
     ahead by a thread pool so that reading overlaps the backbone; only two batches are ever
     in memory, never the whole dataset."""
     paths = list(samples)

@@ -4,6 +4,8 @@ import hashlib
 import os
 from typing import List, Optional, Tuple
 
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
@@ -43,6 +45,18 @@ def _content(path: Optional[str], data: Optional[bytes]) -> str:
     except OSError:
         return f"{path}:missing"
     return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def item_stamp(item) -> str:
+    """What identifies an image given as a Sample (its `stamp` without the mask), a path (the
+    file's path, size and modification time) or an array (a hash of its shape, type and
+    values): what a resumable step keys its state on."""
+    if isinstance(item, Sample):
+        return item.stamp(mask=False)
+    if isinstance(item, str):
+        return _content(item, None)
+    a = np.ascontiguousarray(item)
+    return _content(None, repr((a.shape, str(a.dtype))).encode() + a.tobytes())
 
 
 @dataclasses.dataclass(frozen=True)

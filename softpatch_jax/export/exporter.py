@@ -176,18 +176,37 @@ def export_category(workdir: str, category: str, checkpoint: str, batch: int = D
                     image_threshold: Optional[float] = None, platforms=PLATFORMS) -> str:
     """Exports one fitted category to DIR/export/<category>/ -> that folder. `image_threshold`
     (not None) overrides threshold.json's."""
-    from softpatch_jax.pipeline import evaluate, predict, rundir
+    from softpatch_jax.pipeline import predict, rundir
 
     stored_image, pixel, source = read_thresholds(rundir.RunDir(workdir).category_dir(category))
     method, fitted, config = predict.load_fitted(checkpoint)
-    check_exportable(method.name)
     image = stored_image if image_threshold is None else float(image_threshold)
+    where = ("--threshold" if image_threshold is not None
+             else source if stored_image is not None else None)
     if image is None:
         logging.warning("%s: no %s: exported without a threshold (verdicts all False, "
                         "meta.json image_threshold null); pass --threshold=VALUE or refit",
                         category, source)
+    return export_fitted(method, fitted, config, os.path.join(workdir, "export", category),
+                         category, batch, image, pixel, where, platforms)
+
+
+def export_fitted(method, fitted, config, folder: str, category: str,
+                  batch: int = DEFAULT_BATCH, image_threshold: Optional[float] = None,
+                  pixel_threshold: Optional[float] = None, threshold_source: Optional[str] = None,
+                  platforms=PLATFORMS) -> str:
+    """Writes the standalone scorer of a fitted `method` (its state `fitted`, fitted with
+    `config`) to `folder` (scorer.bin, arrays.npz, meta.json, loader.py), replacing it whole ->
+    `folder`. Thresholds None: verdicts / masks all False."""
+    from softpatch_jax.pipeline import evaluate
+
+    check_exportable(method.name)
+    folder = os.path.abspath(folder)
+    if batch < 1:
+        raise ValueError(f"batch={batch} must be >= 1 (images per call of the exported scorer)")
     embedder = evaluate.extractor_for(config, method)
-    fn, inputs = scoring_function(method, fitted, embedder, config, image, pixel)
+    fn, inputs = scoring_function(method, fitted, embedder, config, image_threshold,
+                                  pixel_threshold)
     exported = export_function(fn, inputs, batch, config.data.image_size, platforms)
     d = config.data
     meta = {
@@ -195,22 +214,20 @@ def export_category(workdir: str, category: str, checkpoint: str, batch: int = D
         "backbone": config.backbone.name, "image_size": d.image_size, "resize": d.resize,
         "mean": preprocess.IMAGENET_MEAN.tolist(), "std": preprocess.IMAGENET_STD.tolist(),
         "batch_size": batch, "grid": list(embedder.grid(d.image_size)),
-        "image_threshold": image, "pixel_threshold": pixel,
-        "threshold_source": ("--threshold" if image_threshold is not None
-                             else source if stored_image is not None else None),
+        "image_threshold": image_threshold, "pixel_threshold": pixel_threshold,
+        "threshold_source": threshold_source,
         "verdict_rule": "score >= image_threshold; mask = map >= pixel_threshold",
         "outputs": ["scores", "maps", "verdicts", "masks"],
         "platforms": list(exported.platforms), "package_version": softpatch_jax.__version__,
         "jax_version": jax.__version__, "config": config.to_dict(),
     }
-    final = os.path.join(workdir, "export", category)
-    with staged_dir(final) as out:
+    with staged_dir(folder) as out:
         with open(os.path.join(out, "scorer.bin"), "wb") as f:
             f.write(exported.serialize())
         np.savez(os.path.join(out, "arrays.npz"), **inputs)
         write_json(os.path.join(out, "meta.json"), meta)
         shutil.copyfile(LOADER, os.path.join(out, "loader.py"))
-    return final
+    return folder
 
 
 def export_workdir(workdir: str, category: str = "", batch: int = DEFAULT_BATCH,

@@ -27,7 +27,7 @@ def finest_first(maps: Dict[str, jnp.ndarray], taps: Sequence[str]) -> List[jnp.
 def run_batches(fn: Callable, samples: Sequence, resize: int, image_size: int, batch_size: int,
                 desc: str) -> Tuple[np.ndarray, ...]:
     """Reads, preprocesses (augments where a Sample says so) and runs `fn` on padded batches of
-    Samples or image paths. `fn(images (batch, S, S, 3))` returns an array or a tuple of arrays
+    Samples, image paths or image arrays. `fn(images (batch, S, S, 3))` returns an array or a tuple of arrays
     with the batch first. -> tuple of (N, ...) float32 arrays, one per output."""
     outputs = None
     with tqdm(total=len(samples), desc=desc, leave=False) as bar:

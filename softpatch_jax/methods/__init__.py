@@ -49,7 +49,7 @@ def sweep_overrides(entry: str, config=None) -> dict:
         if not sep or not field:
             raise ValueError(f"sweep.discriminators entry {entry!r}: {setting!r} must be "
                              "field=value, e.g. lof@grouping=neighbourhood")
-        dotted = _variant_field(field, config, entry)
+        dotted = resolve_field(field, config, f"sweep.discriminators entry {entry!r}")
         section, key = dotted.split(".")
         fields[dotted] = _typed(value, config[section][key], f"{entry!r}: {dotted}")
     return fields
@@ -65,11 +65,14 @@ def _variant_sections() -> tuple:
     return VARIANT_SECTIONS + tuple(dict.fromkeys(own))
 
 
-def _variant_field(field: str, config, entry: str) -> str:
-    """A variant's field as 'section.field' (see sweep_overrides)."""
+def resolve_field(field: str, config, where: str, extra_sections=()) -> str:
+    """A field named by a sweep variant or a Python API keyword as 'section.field': given so,
+    or a name one section holds (0.2's `model.*` names first, e.g. `threshold` is
+    denoise.ratio), among the method sections and `extra_sections`; one line naming `where`
+    otherwise."""
     if config is None:
-        raise ValueError(f"sweep.discriminators entry {entry!r}: variants need the config")
-    sections = _variant_sections()
+        raise ValueError(f"{where}: variants need the config")
+    sections = _variant_sections() + tuple(extra_sections)
     if "." in field:
         candidates = [field]
     else:
@@ -77,15 +80,14 @@ def _variant_field(field: str, config, entry: str) -> str:
         candidates = [renamed] if renamed else [
             f"{s}.{field}" for s in sections if s in config and field in config[s]]
     if len(candidates) > 1:
-        raise ValueError(f"sweep.discriminators entry {entry!r}: {field} is a field of "
-                         f"{' and '.join(candidates)}; name one, e.g. {candidates[0]}=...")
+        raise ValueError(f"{where}: {field} is a field of {' and '.join(candidates)}; name "
+                         f"one, e.g. {candidates[0]}=...")
     dotted = candidates[0] if candidates else field
     section, _, key = dotted.partition(".")
     if section not in sections or key not in (config.get(section) or {}) \
             or dotted == "model.method":
-        raise ValueError(f"sweep.discriminators entry {entry!r}: {field} is not a config field "
-                         f"a variant can set (a field of {', '.join(sections)}, other than "
-                         "model.method)")
+        raise ValueError(f"{where}: {field} is not a config field that can be set here (a "
+                         f"field of {', '.join(sections)}, other than model.method)")
     return dotted
 
 

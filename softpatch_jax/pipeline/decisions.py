@@ -273,7 +273,12 @@ def write_audit(path: str, names: Sequence[str], cal: Calibration,
 
 
 def write_threshold(directory: str, cal: Calibration, settings: Settings) -> None:
-    write_json(os.path.join(directory, THRESHOLD_FILE), cal.threshold_record(settings))
+    write_threshold_record(directory, cal.threshold_record(settings))
+
+
+def write_threshold_record(directory: str, record: dict) -> None:
+    """threshold.json (`Calibration.threshold_record`) beside a fitted model."""
+    write_json(os.path.join(directory, THRESHOLD_FILE), record)
 
 
 def read_threshold(directory: str) -> Optional[dict]:

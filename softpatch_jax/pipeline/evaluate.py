@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import zlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -118,23 +118,23 @@ class Fitted:
     calibration: Optional[decisions.Calibration] = None
 
 
-def fit_category(method: methods.Method, split: noise.NoisySplit, extractor, data_config,
+def fit_category(method: methods.Method, train_samples: Sequence, extractor, data_config,
                  key: jax.Array, directory: str, label: str = "",
                  settings: Optional[decisions.Settings] = None, seed: int = 0,
                  clock: StageClock = NO_CLOCK) -> Fitted:
-    """The method's preparation (FYD trains its alignment in `directory`), training features,
-    fit; with `settings`, also the training-set audit and the label-free thresholds
+    """The method's preparation (FYD trains its alignment in `directory`), the features of
+    `train_samples` (Samples, paths or image arrays), the fit; with `settings`, also the training-set audit and the label-free thresholds
     (pipeline/decisions.py). `clock` gets every stage ('alignment', 'features_train', the
     fit's, 'calibration', 'audit')."""
     d = data_config
     t0 = time.time()
     with clock.stage("alignment"):
-        extractor, learned = method.prepare(split.train, extractor, directory, key)
+        extractor, learned = method.prepare(train_samples, extractor, directory, key)
     if learned is None:
         clock.seconds.pop("alignment", None)
     t1 = time.time()
     with clock.stage("features_train"):
-        train = extractor.extract(split.train, d.resize, d.image_size, d.batch_size,
+        train = extractor.extract(train_samples, d.resize, d.image_size, d.batch_size,
                                   f"{label}: train features")
     t2 = time.time()
     calibration = None
@@ -212,7 +212,7 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
     clock = StageClock()
     if split.check_seconds:
         clock.seconds["image_check"] = split.check_seconds
-    fitted = fit_category(method, split, extractor, d, category_key(config.seed, category),
+    fitted = fit_category(method, split.train, extractor, d, category_key(config.seed, category),
                           train_dir, category, settings, config.seed, clock)
     cal = fitted.calibration
     t_score = time.time()

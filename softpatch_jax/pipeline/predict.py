@@ -176,6 +176,54 @@ def readable(paths: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
     return good, bad
 
 
+def items_and_names(images, names: Optional[Sequence[str]] = None) -> Tuple[list, List[str]]:
+    """The Python API's images -> (items the extractor reads, their names): a list of image
+    paths or arrays, or one array of N images ((N, H, W, 3|1|4) or (N, H, W)). Paths must name
+    readable images, arrays hold uint8 or floats in [0, 1] (preprocess.array_image); one line
+    naming the first that does not. Names: `names`, else the paths as given, else image_<i>."""
+    if isinstance(images, (str, os.PathLike)):
+        raise ValueError(f"images={str(images)!r} is one path; give a list of image paths or "
+                         "arrays, or an (N, H, W, 3) array")
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (3, 4):
+            raise ValueError(f"an array of images must be (N, H, W) or (N, H, W, C), got shape "
+                             f"{images.shape}; pass a single image as a list of one")
+        items = list(images)
+    else:
+        items = [os.fspath(i) if isinstance(i, os.PathLike) else i for i in images]
+    if not items:
+        raise ValueError("no images given")
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            try:
+                preprocess.check_image(item)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"images[{i}] = {item!r} cannot be read ({_short(e)})") from None
+        elif isinstance(item, np.ndarray):
+            try:
+                preprocess.array_image(item)
+            except ValueError as e:
+                raise ValueError(f"images[{i}]: {e}") from None
+        else:
+            raise ValueError(f"images[{i}] is a {type(item).__name__}; give image paths or "
+                             "numpy arrays")
+    if names is None:
+        names = [item if isinstance(item, str) else f"image_{i}" for i, item in enumerate(items)]
+    elif len(names) != len(items):
+        raise ValueError(f"{len(names)} names for {len(items)} images")
+    return items, list(names)
+
+
+def score_items(method: methods.Method, state, config, items: Sequence, extractor,
+                desc: str = "features") -> methods.Scores:
+    """Scores of `items` (Samples, paths or arrays) with a fitted `state`: the features of the
+    fit's extractor (aligned by the method where it aligns), then the method's `score`."""
+    d = config.data
+    feats = method.extractor_for(state, extractor).extract(items, d.resize, d.image_size,
+                                                           d.batch_size, desc)
+    return method.score(state, feats)
+
+
 def stored_thresholds(checkpoint_dir: str) -> Optional[dict]:
     """threshold.json of a fitted category (beside its checkpoint), or None."""
     return decisions.read_threshold(os.path.dirname(checkpoint_dir))
@@ -256,10 +304,7 @@ def predict_images(workdir: str, images: Sequence[str], category: str = "",
         key = config_key(BackboneSpec.from_config(config), d, method.features, config.seed)
         if key not in extractors:  # categories fitted with one backbone share it
             extractors[key] = evaluate.extractor_for(config, method)
-        extractor = method.extractor_for(state, extractors[key])
-        feats = extractor.extract(samples, d.resize, d.image_size, d.batch_size,
-                                  f"{cat}: features")
-        scores = method.score(state, feats)
+        scores = score_items(method, state, config, samples, extractors[key], f"{cat}: features")
         stored = stored_thresholds(models[cat]) or {}
         image_thr = threshold if threshold is not None else stored.get("image_threshold")
         source = "--threshold" if threshold is not None else stored.get("source", "none")

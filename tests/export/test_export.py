@@ -49,7 +49,7 @@ def _fit(c, workdir, extractors):
     split = evaluate.prepare_split(c, "widget")
     if method.features not in extractors:
         extractors[method.features] = evaluate.extractor_for(c, method)
-    fitted = evaluate.fit_category(method, split, extractors[method.features], c.data,
+    fitted = evaluate.fit_category(method, split.train, extractors[method.features], c.data,
                                    evaluate.category_key(c.seed, "widget"),
                                    os.path.join(workdir, "train"), "widget")
     out = os.path.join(workdir, "categories", "widget")

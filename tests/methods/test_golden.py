@@ -94,7 +94,7 @@ def test_pipeline_on_generated_category_as_before(golden, mvtec_root, tmp_path, 
     method = validation.check_config(c)
     split = evaluate.prepare_split(c, "widget")
     extractor = evaluate.extractor_for(c, method)
-    fitted = evaluate.fit_category(method, split, extractor, c.data,
+    fitted = evaluate.fit_category(method, split.train, extractor, c.data,
                                    evaluate.category_key(c.seed, "widget"), str(tmp_path))
     scores = evaluate.score_category(method, fitted, split.test, c.data, "test")
     prefix = f"pipeline/{name}/"

@@ -190,12 +190,12 @@ def test_sweep_entries_name_variants(monkeypatch):
     assert methods.sweep_overrides("lof@threshold=0.2", c) == methods.sweep_overrides(
         "lof@denoise.ratio=0.2", c) == methods.sweep_overrides("lof@ratio=0.2", c)
     for entry, message in [("lof@colour=red", "colour is not a config field"),
-                           ("lof@data.root=x", "data.root is not a config field a variant"),
+                           ("lof@data.root=x", "data.root is not a config field that can be set"),
                            ("lof@group_radius=two", "denoise.group_radius='two' must be an int"),
                            ("lof@soft_weight=maybe", "must be true or false"),
                            ("lof@threshold=", "denoise.ratio='' must be a number"),
                            ("lof@grouping", "must be field=value"),
-                           ("lof@method=padim", "method is not a config field a variant"),
+                           ("lof@method=padim", "method is not a config field that can be set"),
                            ("median@grouping=global", "neither a method")]:
         with pytest.raises(ValueError, match=message):
             methods.sweep_overrides(entry, c)

@@ -22,6 +22,7 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from softpatch_jax.data import preprocess
+from softpatch_jax.data.samples import item_stamp
 from softpatch_jax.files import atomic_path, fingerprint
 from softpatch_jax.methods.fyd import model as fyd
 from softpatch_jax.methods.fyd import stn
@@ -121,8 +122,8 @@ def _load_images(samples, resize: int, image_size: int, batch_size: int) -> np.n
 def train(f: Options, samples: Sequence, embedder, directory: str, key: jax.Array,
           resize: int, image_size: int, load_batch: int = 16, identity: Dict = None,
           progress: bool = True) -> Dict:
-    """Trains on `samples` (the category's training images) with the backbone of `embedder`
-    (an `Embedder`). `identity`: what else the result depends on (backbone, seed, ...), for the
+    """Trains on `samples` (the training images: Samples, paths or arrays) with the backbone of
+    `embedder` (an `Embedder`). `identity`: what else the result depends on (backbone, seed, ...), for the
     resume check. -> FYD variables {'params', 'batch_stats'}; checkpoints and a loss log
     (`log.json`: per-epoch mean losses, seconds) in `directory`."""
     model = fyd.build(f, embedder.module, embedder.layers)
@@ -141,7 +142,7 @@ def train(f: Options, samples: Sequence, embedder, directory: str, key: jax.Arra
 
     stamp_value = fingerprint(dict(fyd=dataclasses.asdict(f), identity=identity or {},
                                    resize=resize, image_size=image_size, state=STATE_VERSION,
-                                   images=[s.stamp(mask=False) for s in samples]))
+                                   images=[item_stamp(s) for s in samples]))
     directory = os.path.abspath(directory)
     stamp = os.path.join(directory, "fingerprint.txt")
     if os.path.isdir(directory) and (not os.path.isfile(stamp) or

@@ -1,0 +1,200 @@
+"""The Python API: fit on images (arrays or files), get scores, maps, verdicts and the training
+set's audit back, save, load and export, all without a workdir.
+
+    import softpatch_jax
+    model = softpatch_jax.SoftPatch(discriminator="lof")   # or PatchCore(), SoftPatchPlus(), ...
+    fitted = model.fit(train_images)          # (N, H, W, 3) uint8, a list of arrays or of paths
+    result = model.predict(fitted, test_images)
+    result.scores, result.maps, result.verdicts, result.masks   # (N,), (N, S, S), (N,), ...
+    fitted.audit.flagged                      # which training images look defective
+    fitted.save("widget"); fitted = softpatch_jax.load("widget")
+    fitted.export("widget_export")            # a scorer needing only jax and numpy
+
+Settings are config fields (softpatch_jax/defaults.py), given by a name one section holds
+(`discriminator="gaussian"`, `coreset_ratio=0.2`) or as `config={"bank.coreset_ratio": 0.2}`;
+they are checked as a command line's are, before any compute. Underneath are the pipeline's own
+steps (`evaluate.fit_category`, `predict.score_items`, `checkpoint`, `exporter`), so a model fitted
+here and the same category fitted by the command line give the same numbers, and each loads
+the other's saved folder (a CLI category folder: DIR/categories/<name>).
+"""
+import dataclasses
+import os
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+import ml_collections
+import numpy as np
+
+from softpatch_jax import defaults, methods
+from softpatch_jax.export import exporter
+from softpatch_jax.io import checkpoint
+from softpatch_jax.pipeline import decisions, evaluate, predict, validation
+from softpatch_jax.upgrade import upgrade
+
+
+@dataclasses.dataclass
+class Audit:
+    """Which training images look defective: `scores` (N,) (higher = more suspicious), `flagged`
+    (N,) bool at the audit's contamination, `names` (N,) in the order given."""
+    names: List[str]
+    scores: np.ndarray
+    flagged: np.ndarray
+
+    @property
+    def ranking(self) -> List[str]:
+        """The names, most suspicious first."""
+        return [self.names[i] for i in np.argsort(-self.scores, kind="stable")]
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Scores of N images: `scores` (N,), `maps` (N, S, S) anomaly maps on the model's input
+    (the image resized by data.resize, centre-cropped to data.image_size), `verdicts` (N,) bool
+    and `masks` (N, S, S) bool at the fit's label-free thresholds (None without them)."""
+    names: List[str]
+    scores: np.ndarray
+    maps: np.ndarray
+    verdicts: Optional[np.ndarray]
+    masks: Optional[np.ndarray]
+
+
+@dataclasses.dataclass
+class Fitted:
+    """A fitted model: the method and its state, the config it was fitted with, the audit of
+    its training images and the label-free thresholds."""
+    method: methods.Method
+    state: Any
+    config: ml_collections.ConfigDict
+    name: str = "images"
+    grid: Optional[Sequence[int]] = None  # (h, w) patch grid the checkpoint records
+    audit: Optional[Audit] = None
+    image_threshold: Optional[float] = None
+    pixel_threshold: Optional[float] = None
+    thresholds: Optional[dict] = None  # threshold.json's record
+
+    def save(self, path: str) -> str:
+        """Writes `path`/checkpoint and `path`/threshold.json (the layout of a command-line
+        category folder) -> `path`."""
+        os.makedirs(path, exist_ok=True)
+        grid = self.grid or evaluate.extractor_for(self.config, self.method).grid(
+            self.config.data.image_size)
+        checkpoint.save_model(os.path.join(path, "checkpoint"), self.state.to_arrays(),
+                              self.config.to_dict(), tuple(grid))
+        if self.thresholds is not None:
+            decisions.write_threshold_record(path, self.thresholds)
+        return path
+
+    def predict(self, images: Sequence, names: Optional[Sequence[str]] = None) -> Prediction:
+        """Scores `images` (image arrays or paths, as `Model.fit` takes them) -> a Prediction."""
+        return _predict(self, images, names)
+
+    def export(self, path: str, batch: int = exporter.DEFAULT_BATCH) -> str:
+        """A standalone scorer in `path` (exporter.py: scorer.bin, arrays.npz, meta.json,
+        loader.py) -> `path`."""
+        return exporter.export_fitted(self.method, self.state, self.config, path, self.name,
+                                      batch, self.image_threshold, self.pixel_threshold,
+                                      "the fit's threshold.json" if self.thresholds else None)
+
+
+def load(path: str) -> Fitted:
+    """A folder written by `Fitted.save` or a command-line fit's DIR/categories/<name>."""
+    method, state, config = predict.load_fitted(os.path.join(path, "checkpoint"))
+    record = decisions.read_threshold(path)
+    return Fitted(method, state, config, os.path.basename(os.path.normpath(path)),
+                  image_threshold=(record or {}).get("image_threshold"),
+                  pixel_threshold=(record or {}).get("pixel_threshold"), thresholds=record)
+
+
+# Sections a keyword may set besides the methods' own (noise is the protocol's, not a fit's).
+API_SECTIONS = ("data", "audit", "threshold", "runtime")
+
+
+class Model:
+    """A method with its settings (`method`: a registered name, methods.names())."""
+
+    def __init__(self, method: str = methods.DEFAULT, *, config: Optional[Dict] = None,
+                 **fields):
+        c = defaults.get_config()
+        c.model.method = method
+        where = f"softpatch_jax.{type(self).__name__}"
+        given = {methods.resolve_field(k, c, where, API_SECTIONS): v for k, v in fields.items()}
+        given.update({methods.resolve_field(k, c, f"{where}(config=...)", API_SECTIONS): v
+                      for k, v in (config or {}).items()})
+        for dotted, value in given.items():
+            section, key = dotted.split(".")
+            c[section][key] = value
+        self.config = upgrade(c)
+        self.method = validation.check_config(self.config)  # one line naming a bad value
+
+    def fit(self, images: Sequence, name: str = "images", names: Optional[Sequence[str]] = None,
+            progress: bool = True) -> Fitted:
+        """Fits on `images` ((N, H, W, 3) or (N, H, W) uint8, floats in [0, 1], a list of such
+        arrays or of image paths) with the audit and the label-free thresholds (audit.*,
+        threshold.*). `name` seeds the fit as a command-line category of that name does."""
+        items, names = predict.items_and_names(images, names)
+        self.method.check(len(items))
+        settings = decisions.Settings.from_config(self.config)
+        extractor = evaluate.extractor_for(self.config, self.method)
+        key = evaluate.category_key(self.config.seed, name)
+        with tempfile.TemporaryDirectory(prefix="softpatch_jax_fit_") as folder:  # FYD's
+            fitted = evaluate.fit_category(self.method, items, extractor, self.config.data, key,
+                                           folder, name if progress else "", settings,
+                                           self.config.seed)
+        cal = fitted.calibration
+        audit = (None if cal.noise_scores is None else
+                 Audit(list(names), np.asarray(cal.noise_scores), np.asarray(cal.flagged)))
+        return Fitted(self.method, fitted.state, self.config, name,
+                      fitted.extractor.grid(self.config.data.image_size), audit,
+                      cal.image_threshold, cal.pixel_threshold, cal.threshold_record(settings))
+
+    def predict(self, fitted: Fitted, images: Sequence,
+                names: Optional[Sequence[str]] = None) -> Prediction:
+        """Scores `images` (as `fit` takes them) with `fitted` -> a Prediction."""
+        return fitted.predict(images, names)
+
+
+def _predict(fitted: Fitted, images: Sequence, names: Optional[Sequence[str]]) -> Prediction:
+    items, names = predict.items_and_names(images, names)
+    extractor = evaluate.extractor_for(fitted.config, fitted.method)
+    scores = predict.score_items(fitted.method, fitted.state, fitted.config, items, extractor,
+                                 f"{fitted.name}: features")
+    maps = scores.maps()
+    image_t, pixel_t = fitted.image_threshold, fitted.pixel_threshold
+    return Prediction(list(names), scores.image, maps,
+                      None if image_t is None else scores.image >= image_t,
+                      None if pixel_t is None else maps >= pixel_t)
+
+
+class SoftPatch(Model):
+    """SoftPatch (denoise.* and bank.* fields; discriminator="none" is PatchCore's bank)."""
+
+    def __init__(self, **fields):
+        super().__init__("softpatch", **fields)
+
+
+class SoftPatchPlus(Model):
+    """SoftPatch+ (softpatch_plus.*, denoise.* and bank.* fields)."""
+
+    def __init__(self, **fields):
+        super().__init__("softpatch_plus", **fields)
+
+
+class PatchCore(Model):
+    """PatchCore (bank.* fields)."""
+
+    def __init__(self, **fields):
+        super().__init__("patchcore", **fields)
+
+
+class PaDiM(Model):
+    """PaDiM (padim.* fields)."""
+
+    def __init__(self, **fields):
+        super().__init__("padim", **fields)
+
+
+class FYD(Model):
+    """FYD (fyd.* and padim.* fields)."""
+
+    def __init__(self, **fields):
+        super().__init__("fyd", **fields)
