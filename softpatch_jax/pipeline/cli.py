@@ -104,6 +104,8 @@ def parse_flags(argv):
     that does not load or an override of an unknown field is one line and exit code 2. 0.2's
     names of renamed fields are read as today's (`renamed_overrides`)."""
     argv = renamed_overrides(argv)
+    if argv[1:] != sys.argv[1:]:
+        sys.argv[:] = argv  # ml_collections' config_flags reads the overrides from sys.argv
     try:
         rest = flags.FLAGS(argv)
         config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None

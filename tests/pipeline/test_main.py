@@ -23,9 +23,12 @@ def _run(args, workdir, cache_dir):
 def test_mvtec_format_end_to_end(mvtec_root, tmp_path, cache_dir):
     out = _run(["--config=configs/mvtec.py", f"--config.data.root={mvtec_root}",
                 "--config.data.category=widget", "--config.noise.ratio=0.25",
-                "--config.noise.overlap=True"] + SMALL, tmp_path, cache_dir)
+                "--config.noise.overlap=True", "--config.model.lof_k=5"] + SMALL, tmp_path,
+               cache_dir)  # model.lof_k: 0.2's name of denoise.lof_k, read as that
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "note: --config.model.lof_k is 0.2's name of --config.denoise.lof_k" in out.stderr
     result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["config"]["denoise"]["lof_k"] == 5
     widget = result["categories"]["widget"]
     assert widget["n_noise"] == 3 and widget["n_test"] == 12
     assert 0.0 <= widget["image_auroc"] <= 1.0 and 0.0 <= widget["pixel_auroc"] <= 1.0
