@@ -112,10 +112,10 @@ API_SECTIONS = ("data", "audit", "threshold", "runtime")
 class Model:
     """A method with its settings (`method`: a registered name, methods.names())."""
 
-    def __init__(self, method: str = methods.DEFAULT, *, config: Optional[Dict] = None,
-                 **fields):
+    def __init__(self, method: str = methods.DEFAULT, *, seed: int = 0,
+                 config: Optional[Dict] = None, **fields):
         c = defaults.get_config()
-        c.model.method = method
+        c.model.method, c.seed = method, seed
         where = f"softpatch_jax.{type(self).__name__}"
         given = {methods.resolve_field(k, c, where, API_SECTIONS): v for k, v in fields.items()}
         given.update({methods.resolve_field(k, c, f"{where}(config=...)", API_SECTIONS): v
@@ -126,8 +126,8 @@ class Model:
         self.config = upgrade(c)
         self.method = validation.check_config(self.config)  # one line naming a bad value
 
-    def fit(self, images: Sequence, name: str = "images", names: Optional[Sequence[str]] = None,
-            progress: bool = True) -> Fitted:
+    def fit(self, images: Sequence, name: str = "images",
+            names: Optional[Sequence[str]] = None) -> Fitted:
         """Fits on `images` ((N, H, W, 3) or (N, H, W) uint8, floats in [0, 1], a list of such
         arrays or of image paths) with the audit and the label-free thresholds (audit.*,
         threshold.*). `name` seeds the fit as a command-line category of that name does."""
@@ -138,8 +138,7 @@ class Model:
         key = evaluate.category_key(self.config.seed, name)
         with tempfile.TemporaryDirectory(prefix="softpatch_jax_fit_") as folder:  # FYD's
             fitted = evaluate.fit_category(self.method, items, extractor, self.config.data, key,
-                                           folder, name if progress else "", settings,
-                                           self.config.seed)
+                                           folder, name, settings, self.config.seed)
         cal = fitted.calibration
         audit = (None if cal.noise_scores is None else
                  Audit(list(names), np.asarray(cal.noise_scores), np.asarray(cal.flagged)))
@@ -168,33 +167,33 @@ def _predict(fitted: Fitted, images: Sequence, names: Optional[Sequence[str]]) -
 class SoftPatch(Model):
     """SoftPatch (denoise.* and bank.* fields; discriminator="none" is PatchCore's bank)."""
 
-    def __init__(self, **fields):
-        super().__init__("softpatch", **fields)
+    def __init__(self, **settings):
+        super().__init__("softpatch", **settings)
 
 
 class SoftPatchPlus(Model):
     """SoftPatch+ (softpatch_plus.*, denoise.* and bank.* fields)."""
 
-    def __init__(self, **fields):
-        super().__init__("softpatch_plus", **fields)
+    def __init__(self, **settings):
+        super().__init__("softpatch_plus", **settings)
 
 
 class PatchCore(Model):
     """PatchCore (bank.* fields)."""
 
-    def __init__(self, **fields):
-        super().__init__("patchcore", **fields)
+    def __init__(self, **settings):
+        super().__init__("patchcore", **settings)
 
 
 class PaDiM(Model):
     """PaDiM (padim.* fields)."""
 
-    def __init__(self, **fields):
-        super().__init__("padim", **fields)
+    def __init__(self, **settings):
+        super().__init__("padim", **settings)
 
 
 class FYD(Model):
     """FYD (fyd.* and padim.* fields)."""
 
-    def __init__(self, **fields):
-        super().__init__("fyd", **fields)
+    def __init__(self, **settings):
+        super().__init__("fyd", **settings)

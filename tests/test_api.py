@@ -114,6 +114,7 @@ def test_each_method_has_its_class():
         model = cls(image_size=SIZE, resize=SIZE)
         assert model.method.name == name and model.config.model.method == name
     assert softpatch_jax.Model("padim", dim=10).config.padim.dim == 10
+    assert softpatch_jax.PatchCore(seed=3).config.seed == 3  # the seed of every random choice
 
 
 @pytest.mark.slow
