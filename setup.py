@@ -3,7 +3,7 @@ import re
 
 from setuptools import find_packages, setup
 
-VERSION = re.search(r'__version__ = "(.+)"', open("softpatch_jax/__init__.py").read()).group(1)
+VERSION = re.search(r'__version__ = "(.+)"', open("softpatch_jax/version.py").read()).group(1)
 
 setup(
     name="softpatch-jax",

@@ -1,7 +1,7 @@
 """The package reads top-down (issue 25): every import of a package module, at the top of a file
 or inside a function, runs down the layers or stays in its layer, and no modules import each
 other in a circle. Layers, bottom first: the ground-floor modules (files, settings, timing,
-defaults, upgrade), ops, data, io, features, evaluation, methods, pipeline, report, export, api,
+defaults, upgrade, version), ops, data, io, features, evaluation, methods, pipeline, report, export, api,
 main."""
 import ast
 import os
@@ -10,7 +10,7 @@ from typing import Dict, Set
 import softpatch_jax
 
 PACKAGE = os.path.dirname(softpatch_jax.__file__)
-LAYERS = (("files", "settings", "timing", "defaults", "upgrade"), ("ops",), ("data",), ("io",),
+LAYERS = (("files", "settings", "timing", "defaults", "upgrade", "version"), ("ops",), ("data",), ("io",),
           ("features",), ("evaluation",), ("methods",), ("pipeline",), ("report",), ("export",),
           ("api",), ("main",))
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

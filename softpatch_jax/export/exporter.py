@@ -33,13 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import softpatch_jax
 from softpatch_jax import methods
 from softpatch_jax.data import preprocess
 from softpatch_jax.evaluation import anomaly_map
 from softpatch_jax.features.extractor import Embedder
 from softpatch_jax.files import staged_dir, write_json
 from softpatch_jax.ops import warp as affine
+from softpatch_jax.version import __version__
 
 PLATFORMS = ("cpu", "cuda")
 DEFAULT_BATCH = 8
@@ -218,7 +218,7 @@ def export_fitted(method, fitted, config, folder: str, category: str,
         "threshold_source": threshold_source,
         "verdict_rule": "score >= image_threshold; mask = map >= pixel_threshold",
         "outputs": ["scores", "maps", "verdicts", "masks"],
-        "platforms": list(exported.platforms), "package_version": softpatch_jax.__version__,
+        "platforms": list(exported.platforms), "package_version": __version__,
         "jax_version": jax.__version__, "config": config.to_dict(),
     }
     with staged_dir(folder) as out:

@@ -12,11 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-import softpatch_jax
 
 from softpatch_jax.features.backbones import convert, resolve_weights
 from softpatch_jax.features.types import BackboneSpec, Features, FeatureSpec
 from softpatch_jax.files import atomic_path, file_sha256, fingerprint
+from softpatch_jax.version import RESULTS_VERSION
 
 
 def config_key(backbone: BackboneSpec, data_config, spec: FeatureSpec, seed: int) -> str:
@@ -31,7 +31,7 @@ def config_key(backbone: BackboneSpec, data_config, spec: FeatureSpec, seed: int
                   dtype=backbone.dtype, embed_dim=backbone.embed_dim,
                   patch_size=backbone.patch_size, resize=data_config.resize,
                   image_size=data_config.image_size, version=convert.CONVERSION_VERSION,
-                  package=softpatch_jax.RESULTS_VERSION)
+                  package=RESULTS_VERSION)
     return fingerprint(fields)
 
 

@@ -199,9 +199,9 @@ def items_and_names(images, names: Optional[Sequence[str]] = None) -> Tuple[list
                 preprocess.check_image(item)
             except (OSError, ValueError) as e:
                 raise ValueError(f"images[{i}] = {item!r} cannot be read ({_short(e)})") from None
-        elif isinstance(item, np.ndarray):
+        elif isinstance(item, np.ndarray):  # converted once: the loader then only wraps it
             try:
-                preprocess.array_image(item)
+                items[i] = np.asarray(preprocess.array_image(item))
             except ValueError as e:
                 raise ValueError(f"images[{i}]: {e}") from None
         else:

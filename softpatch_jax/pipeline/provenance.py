@@ -6,9 +6,9 @@ field names (`upgrade.upgrade_flat`), so a 0.2 result of the same config is reco
 """
 from typing import Dict, List, Sequence
 
-import softpatch_jax
 from softpatch_jax.files import fingerprint
 from softpatch_jax.upgrade import upgrade_flat
+from softpatch_jax.version import RESULTS_VERSION
 
 # Where files go and how the work is spread: never part of a result. (data.category selects
 # which results to compute; each result is stored under its category's name.)
@@ -43,7 +43,7 @@ def record(config, samples: Sequence) -> dict:
     """The provenance stored with a result computed by `config` on `samples`."""
     fields = result_config(config)
     return {"config_fingerprint": fingerprint(fields), "data_fingerprint": data_fingerprint(samples),
-            "version": softpatch_jax.RESULTS_VERSION, "config": fields}
+            "version": RESULTS_VERSION, "config": fields}
 
 
 def differences(stored: dict, current: dict, limit: int = 3) -> List[str]:
