@@ -5,7 +5,7 @@ set's audit back, save, load and export, all without a workdir.
     model = softpatch_jax.SoftPatch(discriminator="lof")   # or PatchCore(), SoftPatchPlus(), ...
     fitted = model.fit(train_images)          # (N, H, W, 3) uint8, a list of arrays or of paths
     result = model.predict(fitted, test_images)
-    result.scores, result.maps, result.verdicts, result.masks   # (N,), (N, S, S), (N,), ...
+    result.scores, result.maps, result.verdicts, result.masks   # (N,), (N, H, W), (N,), ...
     fitted.audit.flagged                      # which training images look defective
     fitted.save("widget"); fitted = softpatch_jax.load("widget")
     fitted.export("widget_export")            # a scorer needing only jax and numpy
@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from softpatch_jax import defaults, methods
+from softpatch_jax.data import preprocess
 from softpatch_jax.export import exporter
 from softpatch_jax.io import checkpoint
 from softpatch_jax.pipeline import decisions, evaluate, predict, validation
@@ -48,14 +49,25 @@ class Audit:
 
 @dataclasses.dataclass
 class Prediction:
-    """Scores of N images: `scores` (N,), `maps` (N, S, S) anomaly maps on the model's input
-    (the image resized by data.resize, centre-cropped to data.image_size), `verdicts` (N,) bool
-    and `masks` (N, S, S) bool at the fit's label-free thresholds (None without them)."""
+    """Scores of N images: `scores` (N,), `maps` (N, H, W) anomaly maps on the model's input
+    canvas (data.image_size: the image resized by data.resize and centre-cropped, or fitted
+    whole with data.resize=0), `verdicts` (N,) bool and `masks` (N, H, W) bool at the fit's
+    label-free thresholds (None without them), `boxes` (N, 4) int: (top, left, height, width)
+    of each image's own pixels on the canvas; `image_map(i)` is map i cut to its box, so it
+    keeps the image's aspect ratio."""
     names: List[str]
     scores: np.ndarray
     maps: np.ndarray
     verdicts: Optional[np.ndarray]
     masks: Optional[np.ndarray]
+    boxes: Optional[np.ndarray] = None
+
+    def image_map(self, i: int) -> np.ndarray:
+        """(height, width) anomaly map of image i over its own pixels."""
+        if self.boxes is None:
+            return self.maps[i]
+        top, left, height, width = (int(v) for v in self.boxes[i])
+        return self.maps[i, top:top + height, left:left + width]
 
 
 @dataclasses.dataclass
@@ -158,10 +170,13 @@ def _predict(fitted: Fitted, images: Sequence, names: Optional[Sequence[str]]) -
     scores = predict.score_items(fitted.method, fitted.state, fitted.config, items, extractor,
                                  f"{fitted.name}: features")
     maps = scores.maps()
+    d = fitted.config.data
+    boxes = np.array([preprocess.canvas_box(item, d.resize, d.image_size) for item in items],
+                     np.int64).reshape(-1, 4)
     image_t, pixel_t = fitted.image_threshold, fitted.pixel_threshold
     return Prediction(list(names), scores.image, maps,
                       None if image_t is None else scores.image >= image_t,
-                      None if pixel_t is None else maps >= pixel_t)
+                      None if pixel_t is None else maps >= pixel_t, boxes)
 
 
 class SoftPatch(Model):

@@ -19,8 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.source = "folder"         # folder | tfds (mvtec, visa, btad builders)
     config.data.tfds_dir = ""             # TFDS data_dir ('' = TFDS's default)
     config.data.category = "all"          # one name, a comma list, or all
-    config.data.resize = 256
-    config.data.image_size = 224
+    config.data.resize = 256              # shorter side, then centre crop; 0 = fit the whole image
+    # the input canvas: N (N x N) or (height, width), e.g. --config.data.image_size=640,256
+    config.data.image_size = ml_collections.FieldReference(224, field_type=object)
+    config.data.tile = ml_collections.FieldReference(0, field_type=object)  # 0 | N | (h, w)
     config.data.batch_size = 16
     config.data.train_fraction = 0.5      # datasets without a split (ELPV): normals used to train
     config.data.max_train = 100           # cap on clean training images (0 = all), seeded draw

@@ -62,6 +62,17 @@ LEGACY_DEFAULTS: Dict[str, object] = {
 }
 
 
+# Fields added since 0.3.0 with the value that means what a config stored before them meant;
+# filled in wherever a stored config or result lacks them, so its results stay recognised.
+ADDED: Dict[str, object] = {
+    "data.tile": 0,
+}
+
+# Fields that take more than one type (N or (height, width)): ml_collections would otherwise
+# refuse a pair where the stored value is a number.
+ANY_TYPE = ("data.image_size", "data.tile")
+
+
 def is_legacy(config) -> bool:
     """Whether `config` (nested) is in 0.2's shape: its model section holds a moved field."""
     model = config.get("model") if hasattr(config, "get") else None
@@ -96,12 +107,27 @@ def upgrade(config) -> ml_collections.ConfigDict:
             section, name = dotted.split(".")
             if section in tree:
                 tree[section].setdefault(name, value)
+    for dotted, value in ADDED.items():
+        section, name = dotted.split(".")
+        if section in tree:
+            tree[section].setdefault(name, value)
+    for dotted in ANY_TYPE:
+        section, name = dotted.split(".")
+        if name in tree.get(section, {}):
+            tree[section][name] = ml_collections.FieldReference(tree[section][name],
+                                                                field_type=object)
     return ml_collections.ConfigDict(tree)
 
 
 def upgrade_flat(fields: dict) -> dict:
-    """A flat config ({'model.threshold': 0.15, ...}, as results store it) with today's names."""
-    return {RENAMED.get(k, k): v for k, v in fields.items()}
+    """A flat config ({'model.threshold': 0.15, ...}, as results store it) with today's names
+    and the fields added since (`ADDED`) filled in where its section is there."""
+    out = {RENAMED.get(k, k): v for k, v in fields.items()}
+    sections = {k.split(".", 1)[0] for k in out}
+    for dotted, value in ADDED.items():
+        if dotted.split(".", 1)[0] in sections:
+            out.setdefault(dotted, value)
+    return out
 
 
 def renamed_override(dotted: str) -> str:

@@ -92,7 +92,8 @@ def test_a_0_2_config_file_starting_from_todays_defaults():
 def test_flat_records_and_command_line_names():
     assert upgrade.upgrade_flat({"model.threshold": 0.15, "model.method": "softpatch",
                                  "data.name": "elpv"}) == {
-        "denoise.ratio": 0.15, "model.method": "softpatch", "data.name": "elpv"}
+        "denoise.ratio": 0.15, "model.method": "softpatch", "data.name": "elpv",
+        "data.tile": 0}  # added in 0.3.1: what a record without it meant
     assert upgrade.renamed_override("model.grouping") == "denoise.grouping"
     assert upgrade.renamed_override("model.method") == ""
 
@@ -108,3 +109,21 @@ def test_a_0_2_record_of_the_same_config_has_no_differences():
     assert provenance.differences(stored, record) == ["denoise.ratio: 0.2 -> 0.15"]
     assert provenance.differences(dict(stored, version="0.1.0"), record)[0] == \
         "results version 0.1.0 -> 0.2.0"
+
+
+def test_a_record_from_before_tiling_and_a_stored_pair_are_the_same_config():
+    """A result stored before data.tile existed, and one whose (height, width) JSON stored as a
+    list, are recognised as computed from today's config."""
+    config = ml_collections.ConfigDict(_today())
+    upgraded = upgrade.upgrade(config)
+    upgraded.data.image_size = (160, 48)  # a pair where the stored value was a number
+    record = provenance.record(upgraded, [])
+    assert record["config"]["data.image_size"] == [160, 48]
+    stored = json.loads(json.dumps(record))
+    del stored["config"]["data.tile"]
+    assert provenance.differences(stored, record) == []
+    stored["config"]["data.tile"] = [40, 48]
+    assert provenance.differences(stored, record) == ["data.tile: [40, 48] -> 0"]
+    before = _today()
+    del before["data"]["tile"]
+    assert upgrade.upgrade(before).data.tile == 0

@@ -1,6 +1,8 @@
 """Standard preprocessing (METHOD.md step 1), as torchvision does it on PIL images: resize the
-shorter side to `resize` (bilinear), centre-crop `crop`, scale to [0, 1], ImageNet mean/std.
-Masks get the same resize and crop; a pixel is anomalous only if it stays at 1 (255) after resizing.
+shorter side to `resize` (bilinear), centre-crop `crop`, scale to [0, 1], ImageNet mean/std; or,
+with resize 0, the whole image fitted into the canvas, aspect kept (`shapes`). `crop` is N or
+(height, width) throughout. Masks get the same resize and crop (or fit, padded with no defect);
+a pixel is anomalous only if it stays at 1 (255) after resizing.
 Grayscale images are replicated to three channels. Images and masks are first turned upright by
 their EXIF orientation; 16-bit and float images are scaled to 8 bits (`_to_8bit`).
 """
@@ -13,27 +15,27 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple, TypeVar
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from softpatch_jax import shapes
+
 T = TypeVar("T")
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def _resize_crop(img: Image.Image, resize: int, crop: int) -> Image.Image:
-    w, h = img.size
-    if w <= h:
-        size = (resize, int(resize * h / w))
-    else:
-        size = (int(resize * w / h), resize)
-    if size != (w, h):
-        img = img.resize(size, Image.BILINEAR)
-    w, h = img.size
-    if crop > min(w, h):
-        raise ValueError(f"data.image_size={crop} is larger than the resized image {w}x{h}; "
-                         "set data.image_size <= data.resize")
-    top = int(round((h - crop) / 2.0))
-    left = int(round((w - crop) / 2.0))
-    return img.crop((left, top, left + crop, top + crop))
+def place(img: Image.Image, resize: int, size, fill: str = "edge") -> np.ndarray:
+    """An image (or mask) on the input canvas as `shapes.placement` says: resized (bilinear),
+    then cut from the centre (resize > 0) or padded to the canvas (resize 0; `fill` "edge"
+    replicates the border, "constant" pads zeros). -> (H, W[, C]) uint8 array."""
+    p = shapes.placement(img.size[0], img.size[1], resize, size)
+    if p.resized != img.size:
+        img = img.resize(p.resized, Image.BILINEAR)
+    ch, cw = shapes.hw(size)
+    if resize > 0:
+        return np.asarray(img.crop((p.cut_left, p.cut_top, p.cut_left + cw, p.cut_top + ch)))
+    a = np.asarray(img)
+    pads = ((p.top, ch - p.top - a.shape[0]), (p.left, cw - p.left - a.shape[1]))
+    return np.pad(a, pads + ((0, 0),) * (a.ndim - 2), mode=fill)
 
 
 def _require_regular(path: str) -> None:
@@ -168,7 +170,7 @@ def augment(img: Image.Image, rotation_deg: float, shift_x: float, shift_y: floa
 
 def load_image(path: str, resize: int = 256, crop: int = 224, aug=None,
                data: Optional[bytes] = None) -> np.ndarray:
-    """-> (crop, crop, 3) float32, ImageNet-normalised. `aug`: (degrees, dx, dy) or None,
+    """-> (H, W, 3) (canvas `crop`) float32, ImageNet-normalised. `aug`: (degrees, dx, dy) or None,
     applied to the original image before resizing. `data`: encoded bytes instead of the file."""
     img = open_image(path, "RGB", data)
     if aug is not None:
@@ -178,7 +180,7 @@ def load_image(path: str, resize: int = 256, crop: int = 224, aug=None,
 
 def display_image(sample, resize: int = 256, crop: int = 224) -> np.ndarray:
     """A sample's image as the model sees it (augmented, resized, cropped), for people:
-    (crop, crop, 3) float in [0, 1], the ImageNet normalisation undone."""
+    (H, W, 3) (canvas `crop`) float in [0, 1], the ImageNet normalisation undone."""
     img = load_image(sample.path, resize, crop, sample.augment, sample.image_bytes)
     return np.clip(img * IMAGENET_STD + IMAGENET_MEAN, 0.0, 1.0)
 
@@ -192,13 +194,13 @@ def load_sample_mask(sample, resize: int = 256, crop: int = 224) -> np.ndarray:
 
 def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
               image_path: Optional[str] = None, data: Optional[bytes] = None) -> np.ndarray:
-    """-> (crop, crop) bool; all False when path is None. The mask must match its image's size.
+    """-> (H, W) bool on the canvas `crop`; all False when path is None. The mask must match its image's size.
 
     Any non-zero value marks a defect (MVTec masks are 0/255, some VisA releases use 0/1); the
     binarised mask is resized like the image and a pixel stays anomalous only where it remains 255.
     """
     if path is None:
-        return np.zeros((crop, crop), bool)
+        return np.zeros(shapes.hw(crop), bool)
     mask = open_image(path, "mask", data)
     if image_path is not None:
         size = image_size(image_path)  # both as `open_image` turns them upright
@@ -206,7 +208,7 @@ def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
             raise ValueError(f"mask {path!r} is {mask.size[0]}x{mask.size[1]} but its image "
                              f"{image_path!r} is {size[0]}x{size[1]}; masks must "
                              "have the image's size")
-    return np.asarray(_resize_crop(mask, resize, crop)) == 255
+    return place(mask, resize, crop, "constant") == 255
 
 
 def array_image(array: np.ndarray) -> Image.Image:
@@ -229,9 +231,20 @@ def array_image(array: np.ndarray) -> Image.Image:
 
 
 def normalised(img: Image.Image, resize: int, crop: int) -> np.ndarray:
-    """-> (crop, crop, 3) float32, ImageNet-normalised: resized on the shorter side, cropped."""
-    img = _resize_crop(img, resize, crop)
-    return (np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    """-> (H, W, 3) float32 on the canvas `crop`, ImageNet-normalised (`place`)."""
+    return (place(img, resize, crop).astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def canvas_box(item, resize: int, crop) -> Tuple[int, int, int, int]:
+    """(top, left, height, width) of an item's own pixels on the canvas (a Sample, a path or
+    an image array): the whole canvas when cropping, the fitted image when resize is 0."""
+    if isinstance(item, np.ndarray):
+        w, h = item.shape[1], item.shape[0]
+    elif isinstance(item, str):
+        w, h = image_size(item)
+    else:
+        w, h = image_size(item.path, item.image_bytes)
+    return shapes.placement(w, h, resize, crop).box
 
 
 def _load(item, resize, crop):
@@ -244,7 +257,7 @@ def _load(item, resize, crop):
 
 def batches(samples: Sequence, batch_size: int, resize: int, crop: int,
             workers: int = 4) -> Iterator[Tuple[int, np.ndarray]]:
-    """Yields (start, (n, crop, crop, 3) images) batches of Samples (or plain paths, or image arrays: `array_image`), decoded
+    """Yields (start, (n, H, W, 3) images) batches of Samples (or plain paths, or image arrays: `array_image`), decoded
     ahead by a thread pool so that reading overlaps the backbone; only two batches are ever
     in memory, never the whole dataset."""
     paths = list(samples)
@@ -264,7 +277,7 @@ def batches(samples: Sequence, batch_size: int, resize: int, crop: int,
 def padded_batches(samples: Sequence, batch_size: int, resize: int,
                    crop: int) -> Iterator[Tuple[int, int, np.ndarray]]:
     """As `batches`, but every batch is padded with zero images to `batch_size` (one compiled
-    shape for jitted consumers): yields (start, n real images, (batch_size, crop, crop, 3))."""
+    shape for jitted consumers): yields (start, n real images, (batch_size, H, W, 3))."""
     for start, imgs in batches(samples, batch_size, resize, crop):
         n = imgs.shape[0]
         if n < batch_size:

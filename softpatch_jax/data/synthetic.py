@@ -99,3 +99,40 @@ def make_category(root: str, layout: str = "mvtec", name: str = "widget", n_trai
             _save(os.path.join(base, "test", folder, f"{i:03d}{ext}"), img)
             _save(os.path.join(base, "ground_truth", folder, f"{i:03d}{suffix}.png"), mask)
     return base
+
+
+def _surface(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A tall or wide textured surface (fine stripes across, a little noise), RGB in [0, 1]."""
+    yy, xx = np.mgrid[:height, :width].astype(np.float64)
+    img = 0.5 + 0.08 * np.sin(yy / 2.5 + rng.uniform(0, 6.3)) + rng.normal(0, 0.015, yy.shape)
+    img = img + 0.04 * np.cos(xx / 7.0)
+    return np.stack([img, img, img], -1)
+
+
+def make_surface_folder(root: str, name: str = "strip", n_good: int = 16, n_defect: int = 4,
+                        height: int = 160, width: int = 48, edge: str = "top", jitter: int = 3,
+                        seed: int = 0) -> str:
+    """A `folder` category of tall (or wide) surfaces whose defects (a dark spot with its exact
+    mask) lie within `width` / 8 of the `edge` ("top" or "bottom", the ends a centre square crop
+    cuts away). Heights vary by up to `jitter` pixels, as real parts' images do. Returns the
+    category folder: good/, defective/, masks/ (mirroring defective/)."""
+    if edge not in ("top", "bottom"):
+        raise ValueError(f"edge={edge!r}: choose top or bottom")
+    rng = np.random.default_rng(seed)
+    base = os.path.join(root, name)
+    to8 = lambda a: (np.clip(a, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+    for i in range(n_good):
+        h = height + int(rng.integers(0, jitter + 1))
+        _save(os.path.join(base, "good", f"{i:03d}.png"), to8(_surface(rng, h, width)))
+    for i in range(n_defect):
+        h = height + int(rng.integers(0, jitter + 1))
+        img = _surface(rng, h, width)
+        r = max(2, width // 8)
+        cy = r + 2 if edge == "top" else h - r - 3
+        cx = int(rng.integers(r + 2, width - r - 2))
+        yy, xx = np.mgrid[:h, :width]
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+        img[mask] = 0.05
+        _save(os.path.join(base, "defective", f"{i:03d}.png"), to8(img))
+        _save(os.path.join(base, "masks", f"{i:03d}.png"), mask.astype(np.uint8) * 255)
+    return base

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from softpatch_jax import shapes
 from softpatch_jax.features.patch import bilinear_matrix
 
 
@@ -28,11 +29,12 @@ def map_operator(grid: int, size: int, sigma: float) -> np.ndarray:
     return (gaussian_blur_matrix(size, sigma) @ up).astype(np.float32)
 
 
-def anomaly_maps(grids: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
-    """(T, h, w) patch-score grids -> (T, size, size) blurred anomaly maps."""
+def anomaly_maps(grids: np.ndarray, size, sigma: float = 4.0) -> np.ndarray:
+    """(T, h, w) patch-score grids -> (T, H, W) blurred anomaly maps; `size` N or (H, W)."""
     _, h, w = grids.shape
-    ky = jnp.asarray(map_operator(h, size, sigma))
-    kx = jnp.asarray(map_operator(w, size, sigma))
+    height, width = shapes.hw(size)
+    ky = jnp.asarray(map_operator(h, height, sigma))
+    kx = jnp.asarray(map_operator(w, width, sigma))
     return np.asarray(apply_operators(jnp.asarray(grids, jnp.float32), ky, kx))
 
 

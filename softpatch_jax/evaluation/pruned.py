@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from softpatch_jax import shapes
 from softpatch_jax.evaluation import anomaly_map, thresholds
 
 
@@ -37,11 +38,11 @@ class BoundedGrids:
     bound yet). `tighter`: callables, cheapest first, each (n,) flat patch indices -> (n,)
     tighter certified upper bounds; `exact_fn`: (n,) flat patch indices -> (n,) float32 exact
     scores. `level` counts the tighter bounds a patch has had; `known` marks the patches computed
-    exactly (their `upper` is then their value). Maps are `image_size` square, blurred with
+    exactly (their `upper` is then their value). Maps are `image_size` (N or (H, W)), blurred with
     `blur_sigma` (as methods.base.Scores). `direct_share`: see `tighten`."""
     upper: np.ndarray
     exact_fn: Callable[[np.ndarray], np.ndarray]
-    image_size: int
+    image_size: object
     blur_sigma: float
     tighter: Sequence[Callable[[np.ndarray], np.ndarray]] = ()
     direct_share: float = 0.2
@@ -150,20 +151,21 @@ def pixel_threshold(g: BoundedGrids, keep: np.ndarray, false_reject: float) -> f
     only the patches under pixels that can reach the quantile (module docstring)."""
     b, h, w = g.upper.shape
     image_size, sigma = g.image_size, g.blur_sigma
+    height, width = shapes.hw(image_size)
     keep = np.asarray(keep, bool)
     maps = lambda grid: anomaly_map.anomaly_maps(grid, image_size, sigma)  # noqa: E731
     if not g._finite() or not keep.any():
         return thresholds.pixel_threshold(maps(g.values), keep, false_reject)
-    n = int(keep.sum()) * image_size * image_size
+    n = int(keep.sum()) * height * width
     # the lower of the two order statistics np.quantile (linear) reads, one lower for safety
     rank = max(0, int(np.floor((1.0 - false_reject) * (n - 1))) - 1)
-    sy, sx = _supports(h, image_size, sigma), _supports(w, image_size, sigma)
+    sy, sx = _supports(h, height, sigma), _supports(w, width, sigma)
 
     def under(pixels: np.ndarray) -> np.ndarray:
-        """(B, h, w) bool: the patches under (kept, S, S) bool pixels."""
+        """(B, h, w) bool: the patches under (kept, H, W) bool pixels."""
         k = pixels.shape[0]
-        cols = (pixels.reshape(-1, image_size).astype(np.float32) @ sx).reshape(k, image_size, w)
-        rows = sy.T @ cols.transpose(1, 0, 2).reshape(image_size, k * w)  # two plain GEMMs
+        cols = (pixels.reshape(-1, width).astype(np.float32) @ sx).reshape(k, height, w)
+        rows = sy.T @ cols.transpose(1, 0, 2).reshape(height, k * w)  # two plain GEMMs
         need = np.zeros((b, h, w), bool)
         need[keep] = rows.reshape(h, k, w).transpose(1, 0, 2) > 0
         return need
@@ -175,7 +177,7 @@ def pixel_threshold(g: BoundedGrids, keep: np.ndarray, false_reject: float) -> f
         high = maps(g.upper_grid())[keep].reshape(-1)
         top = np.zeros(n, bool)
         top[np.argpartition(high, n - first)[n - first:]] = True
-        g.tighten(under(top.reshape(-1, image_size, image_size)))
+        g.tighten(under(top.reshape(-1, height, width)))
     while True:
         t = _order_statistic(maps(g.lower_grid())[keep].reshape(-1), rank)
         if not g.tighten(under(maps(g.upper_grid())[keep] >= t)):

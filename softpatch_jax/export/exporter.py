@@ -5,9 +5,9 @@
 writes DIR/export/<category>/ (staged, replaced whole):
 
     scorer.bin   the jitted scoring function serialised with `jax.export` (StableHLO), lowered for
-                 CPU and CUDA: preprocessed images (B, S, S, 3) float32 -> image scores (B,),
-                 anomaly maps (B, S, S), verdicts (B,) bool (score >= image threshold) and masks
-                 (B, S, S) bool (map >= pixel threshold). Backbone, patch features (or PaDiM's
+                 CPU and CUDA: preprocessed images (B, H, W, 3) float32 -> image scores (B,),
+                 anomaly maps (B, H, W), verdicts (B,) bool (score >= image threshold) and masks
+                 (B, H, W) bool (map >= pixel threshold). Backbone, patch features (or PaDiM's
                  channels; FYD's alignment), 1-NN against the memory bank(s) or the Gaussians,
                  maps (upsampling + blur): all inside.
     arrays.npz   its inputs besides the images, one array per '/'-joined name: the backbone's
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softpatch_jax import methods
+from softpatch_jax import methods, shapes
 from softpatch_jax.data import preprocess
 from softpatch_jax.evaluation import anomaly_map
 from softpatch_jax.features.extractor import Embedder
@@ -110,14 +110,14 @@ def scoring_function(method, fitted, embedder: Embedder, config,
                      pixel_threshold: Optional[float] = None) -> Tuple[ScoreFn, Dict]:
     """The pure scoring function of a fitted category and its inputs besides the images: the
     method's own traced features and scorer (Method.traced_features / traced_scorer), then the
-    maps and the thresholds. -> (fn(images (N, S, S, 3) float32, inputs {name: array}) ->
-    {'scores' (N,), 'maps' (N, S, S), 'verdicts' (N,) bool, 'masks' (N, S, S) bool}, inputs:
+    maps and the thresholds. -> (fn(images (N, H, W, 3) float32, inputs {name: array}) ->
+    {'scores' (N,), 'maps' (N, H, W), 'verdicts' (N,) bool, 'masks' (N, H, W) bool}, inputs:
     flat {name: array})."""
     check_exportable(method.name)
     size = config.data.image_size
-    h, w = embedder.grid(size)
-    ky = jnp.asarray(anomaly_map.map_operator(h, size, method.blur_sigma))
-    kx = jnp.asarray(anomaly_map.map_operator(w, size, method.blur_sigma))
+    (h, w), (height, width) = embedder.grid(size), shapes.hw(size)
+    ky = jnp.asarray(anomaly_map.map_operator(h, height, method.blur_sigma))
+    kx = jnp.asarray(anomaly_map.map_operator(w, width, method.blur_sigma))
     features = method.traced_features(embedder)
     grids_and_image, method_inputs = method.traced_scorer(fitted)
     clash = sorted(set(method_inputs) & set(RESERVED))
@@ -144,9 +144,10 @@ def scoring_function(method, fitted, embedder: Embedder, config,
 
 
 def export_function(fn: ScoreFn, inputs: Dict[str, np.ndarray], batch: int,
-                    image_size: int, platforms=PLATFORMS) -> jax.export.Exported:
-    """`fn` lowered for (batch, S, S, 3) float32 images and `inputs`' shapes and dtypes."""
-    images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+                    image_size, platforms=PLATFORMS) -> jax.export.Exported:
+    """`fn` lowered for (batch, H, W, 3) float32 images (`image_size` N or (H, W)) and
+    `inputs`' shapes and dtypes."""
+    images = jax.ShapeDtypeStruct((batch, *shapes.hw(image_size), 3), jnp.float32)
     avals = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in inputs.items()}
     return jax.export.export(jax.jit(fn), platforms=platforms)(images, avals)
 
@@ -211,7 +212,8 @@ def export_fitted(method, fitted, config, folder: str, category: str,
     d = config.data
     meta = {
         "category": category, "method": method.name, "label": method.label,
-        "backbone": config.backbone.name, "image_size": d.image_size, "resize": d.resize,
+        "backbone": config.backbone.name, "image_size": shapes.canonical(d.image_size),
+        "resize": d.resize,
         "mean": preprocess.IMAGENET_MEAN.tolist(), "std": preprocess.IMAGENET_STD.tolist(),
         "batch_size": batch, "grid": list(embedder.grid(d.image_size)),
         "image_threshold": image_threshold, "pixel_threshold": pixel_threshold,

@@ -8,11 +8,12 @@ Each export folder holds a copy of this file, so the folder alone is the deploym
     from loader import Scorer
     scorer = Scorer("DIR/export/widget")
     out = scorer.score_files(["a.png", "b.png"])
-    out = scorer.score(images)   # (N, S, S, 3) float32, preprocessed as `load_image` does
+    out = scorer.score(images)   # (N, H, W, 3) float32, preprocessed as `load_image` does
 
-Outputs: 'scores' (N,), 'maps' (N, S, S), 'verdicts' (N,) bool (score >= the image threshold;
-None when the export has none) and 'masks' (N, S, S) bool (map >= the pixel threshold; None
-without one). The scorer runs fixed batches of meta.json's `batch_size`; the last batch is padded
+Outputs: 'scores' (N,), 'maps' (N, H, W) on the input canvas (meta.json's image_size), 'verdicts'
+(N,) bool (score >= the image threshold; None when the export has none) and 'masks' (N, H, W)
+bool (map >= the pixel threshold; None without one); `score_files` adds each image's 'boxes'
+and its map cut to them, 'image_maps', in the image's aspect ratio. The scorer runs fixed batches of meta.json's `batch_size`; the last batch is padded
 with zero images whose outputs are dropped.
 """
 import json
@@ -44,19 +45,43 @@ def _to_8bit(img):
     return Image.fromarray(v.astype(np.uint8))
 
 
-def _resize_crop(img, resize: int, crop: int):
-    """Shorter side to `resize` (bilinear), centre crop `crop` x `crop`."""
+def _hw(size):
+    """N or [height, width] -> (height, width)."""
+    return (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(v) for v in size)
+
+
+def placement(width: int, height: int, resize: int, size):
+    """-> (resized (w, h), cut (left, top) or None, pad (left, top) or None, box (top, left,
+    height, width) of the image's own pixels on the canvas): resize > 0, the shorter side to
+    `resize` and a centre cut; 0, the whole image fitted in, aspect kept."""
+    ch, cw = _hw(size)
+    if resize > 0:
+        rw, rh = ((resize, int(resize * height / width)) if width <= height
+                  else (int(resize * width / height), resize))
+        if ch > rh or cw > rw:
+            raise ValueError(f"image size {ch}x{cw} is larger than the resized image {rh}x{rw}")
+        top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
+        return (rw, rh), (left, top), None, (0, 0, ch, cw)
+    scale = min(ch / height, cw / width)
+    rw = min(cw, max(1, int(round(width * scale))))
+    rh = min(ch, max(1, int(round(height * scale))))
+    top, left = (ch - rh) // 2, (cw - rw) // 2
+    return (rw, rh), None, (left, top), (top, left, rh, rw)
+
+
+def _place(img, resize: int, size) -> np.ndarray:
+    """The image on the canvas: resized (bilinear), centre-cut or edge-padded -> uint8 array."""
     from PIL import Image
 
-    w, h = img.size
-    size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-    if size != (w, h):
-        img = img.resize(size, Image.BILINEAR)
-    w, h = img.size
-    if crop > min(w, h):
-        raise ValueError(f"image size {crop} is larger than the resized image {w}x{h}")
-    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
-    return img.crop((left, top, left + crop, top + crop))
+    resized, cut, pad, _ = placement(img.size[0], img.size[1], resize, size)
+    if resized != img.size:
+        img = img.resize(resized, Image.BILINEAR)
+    ch, cw = _hw(size)
+    if cut is not None:
+        return np.asarray(img.crop((cut[0], cut[1], cut[0] + cw, cut[1] + ch)))
+    a = np.asarray(img)
+    return np.pad(a, ((pad[1], ch - pad[1] - a.shape[0]), (pad[0], cw - pad[0] - a.shape[1]),
+                      (0, 0)), mode="edge")
 
 
 def _require_regular(path: str) -> None:
@@ -70,17 +95,22 @@ def _require_regular(path: str) -> None:
                          "it with an image")
 
 
-def load_image(path: str, resize: int, crop: int, mean, std) -> np.ndarray:
-    """An image file -> (crop, crop, 3) float32: upright by its EXIF orientation, RGB, resized
-    and centre-cropped, scaled to [0, 1] and normalised by `mean` and `std` (per channel)."""
+def read_rgb(path: str):
+    """An image file as an upright RGB PIL image."""
     from PIL import Image, ImageOps
 
     _require_regular(path)
     with Image.open(path) as img:
         ImageOps.exif_transpose(img, in_place=True)
-        img = _to_8bit(img).convert("RGB")
-    img = _resize_crop(img, resize, crop)
-    return ((np.asarray(img, np.float32) / 255.0 - np.asarray(mean, np.float32))
+        return _to_8bit(img).convert("RGB")
+
+
+def load_image(path: str, resize: int, crop, mean, std) -> np.ndarray:
+    """An image file -> (H, W, 3) float32 on the canvas `crop` (N or [H, W]): upright by its
+    EXIF orientation, RGB, resized and centre-cut (or fitted whole, resize 0), scaled to
+    [0, 1] and normalised by `mean` and `std` (per channel)."""
+    img = _place(read_rgb(path), resize, crop)
+    return ((img.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
             / np.asarray(std, np.float32))
 
 
@@ -106,24 +136,24 @@ class Scorer:
             raise ValueError(f"cannot load {directory}/scorer.bin with jax {jax.__version__} "
                              f"(exported with jax {self.meta.get('jax_version')}): {e}") from None
         self.batch = int(self.meta["batch_size"])
-        self.image_size = int(self.meta["image_size"])
+        self.image_size = _hw(self.meta["image_size"])  # (height, width)
         self._inputs = jax.device_put(arrays)  # on the device once, reused by every batch
         self._call = jax.jit(self.exported.call)
 
     def score(self, images) -> dict:
-        """(N, S, S, 3) preprocessed images -> {'scores', 'maps', 'verdicts', 'masks'} (NumPy;
+        """(N, H, W, 3) preprocessed images -> {'scores', 'maps', 'verdicts', 'masks'} (NumPy;
         'verdicts' / 'masks' None when the export has no image / pixel threshold)."""
         images = np.asarray(images, np.float32)
-        s = self.image_size
-        if images.ndim != 4 or images.shape[1:] != (s, s, 3) or not len(images):
-            raise ValueError(f"images must be (N, {s}, {s}, 3) with N >= 1, got "
+        h, w = self.image_size
+        if images.ndim != 4 or images.shape[1:] != (h, w, 3) or not len(images):
+            raise ValueError(f"images must be (N, {h}, {w}, 3) with N >= 1, got "
                              f"{images.shape}")
         parts = {k: [] for k in ("scores", "maps", "verdicts", "masks")}
         for start in range(0, len(images), self.batch):
             chunk = images[start:start + self.batch]
             n = len(chunk)
             if n < self.batch:  # the program's batch is fixed: pad with zero images
-                chunk = np.concatenate([chunk, np.zeros((self.batch - n, s, s, 3), np.float32)])
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, h, w, 3), np.float32)])
             out = self._call(chunk, self._inputs)
             for k in parts:
                 parts[k].append(np.asarray(out[k])[:n])
@@ -138,15 +168,26 @@ class Scorer:
         m = self.meta
         return load_image(path, m["resize"], m["image_size"], m["mean"], m["std"])
 
+    def box(self, path: str):
+        """(top, left, height, width) of the image's own pixels on the canvas."""
+        img = read_rgb(path)
+        return placement(img.size[0], img.size[1], self.meta["resize"], self.meta["image_size"])[3]
+
     def score_files(self, paths) -> dict:
-        """Image files -> `score`'s outputs (read batch by batch)."""
+        """Image files -> `score`'s outputs (read batch by batch), plus 'boxes' (N, 4) (top, left,
+        height, width of each image's own pixels on the canvas) and 'image_maps': each map cut to
+        its box, so it keeps its image's aspect ratio."""
         paths = list(paths)
         if not paths:
             raise ValueError("no image files to score")
         outs = [self.score(np.stack([self.load(p) for p in paths[i:i + self.batch]]))
                 for i in range(0, len(paths), self.batch)]
-        return {k: None if outs[0][k] is None else np.concatenate([o[k] for o in outs])
-                for k in outs[0]}
+        result = {k: None if outs[0][k] is None else np.concatenate([o[k] for o in outs])
+                  for k in outs[0]}
+        result["boxes"] = np.array([self.box(p) for p in paths], np.int64)
+        result["image_maps"] = [m[t:t + bh, x:x + bw]
+                                for m, (t, x, bh, bw) in zip(result["maps"], result["boxes"])]
+        return result
 
 
 def main(argv) -> int:

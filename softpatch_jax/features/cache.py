@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 
+from softpatch_jax import shapes
 from softpatch_jax.features.backbones import convert, resolve_weights
 from softpatch_jax.features.types import BackboneSpec, Features, FeatureSpec
 from softpatch_jax.files import atomic_path, file_sha256, fingerprint
@@ -30,8 +31,10 @@ def config_key(backbone: BackboneSpec, data_config, spec: FeatureSpec, seed: int
                   padim=(spec.padim_dim, seed) if spec.padim_dim else None,
                   dtype=backbone.dtype, embed_dim=backbone.embed_dim,
                   patch_size=backbone.patch_size, resize=data_config.resize,
-                  image_size=data_config.image_size, version=convert.CONVERSION_VERSION,
-                  package=RESULTS_VERSION)
+                  image_size=shapes.canonical(data_config.image_size),
+                  version=convert.CONVERSION_VERSION, package=RESULTS_VERSION)
+    if data_config.tile:  # keys from before tiling existed stay valid
+        fields["tile"] = shapes.canonical(data_config.tile)
     return fingerprint(fields)
 
 
@@ -47,13 +50,13 @@ class FeatureCache:
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
 
-    def grid(self, image_size: int):
+    def grid(self, image_size):
         return self.embedder.grid(image_size)
 
     def _path(self, sample) -> str:
         return os.path.join(self.directory, _sample_key(sample) + ".npy")
 
-    def embed(self, samples: Sequence, resize: int, image_size: int, batch_size: int = 16,
+    def embed(self, samples: Sequence, resize: int, image_size, batch_size: int = 16,
               desc: str = "features") -> np.ndarray:
         missing = [s for s in samples if not os.path.isfile(self._path(s))]
         if missing:
@@ -63,7 +66,7 @@ class FeatureCache:
                     np.save(tmp, f)
         return np.stack([np.load(self._path(s)) for s in samples])
 
-    def extract(self, samples: Sequence, resize: int, image_size: int, batch_size: int = 16,
+    def extract(self, samples: Sequence, resize: int, image_size, batch_size: int = 16,
                 desc: str = "features") -> Features:
         return Features(self.embed(samples, resize, image_size, batch_size, desc),
                         self.grid(image_size))

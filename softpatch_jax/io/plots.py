@@ -44,7 +44,7 @@ def map_png(sample, amap: np.ndarray, resize: int, crop: int, path: str, vmax: f
     """One image with its anomaly map overlaid (colour scale 0..vmax) and its score. `image`:
     the sample's `preprocess.display_image`, when the caller has it."""
     img = preprocess.display_image(sample, resize, crop) if image is None else image
-    fig, ax = plt.subplots(figsize=(3, 3.2))
+    fig, ax = plt.subplots(figsize=(3, 3 * amap.shape[0] / amap.shape[1] + 0.2))  # aspect kept
     ax.imshow(img)
     ax.imshow(amap, cmap="jet", alpha=0.45, vmin=0, vmax=vmax)
     ax.set_title(f"{mpl_text(sample.name)}\nscore {amap.max():.4g}", fontsize=7)
@@ -63,7 +63,9 @@ def overlays(samples: Sequence, maps: np.ndarray, masks: np.ndarray, resize: int
     if not picks:
         return
     lo, hi = float(maps.min()), float(maps.max())
-    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.9), squeeze=False)
+    aspect = maps.shape[1] / maps.shape[2]  # tall or wide parts keep their shape
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.6 * aspect + 0.3),
+                             squeeze=False)
     for ax, i in zip(axes[0], picks):
         s = samples[i]
         img = preprocess.display_image(s, resize, crop)

@@ -33,11 +33,11 @@ TracedFeatures = Callable[[Dict[str, Any], Any], Tuple[Any, Optional[Any]]]
 @dataclasses.dataclass
 class Scores:
     """Scores of T test images: `image` (T,), `grids` (T, h, w) patch scores in the input frame;
-    `maps()` the (T, S, S) anomaly maps (upsampled and blurred), computed once when first asked
+    `maps()` the (T, H, W) anomaly maps (upsampled and blurred), computed once when first asked
     for (PaDiM computes them while scoring and hands them over)."""
     image: np.ndarray
     grids: np.ndarray
-    image_size: int
+    image_size: object  # N or (H, W)
     blur_sigma: float
     _maps: Optional[np.ndarray] = None
 
@@ -139,7 +139,7 @@ class Method:
         return cls.traced_scorer is not Method.traced_scorer
 
     def traced_features(self, embedder) -> TracedFeatures:
-        """fn(inputs, images (N, S, S, 3)) -> ((N, P, D) features, (N, 2, 3) warps from the
+        """fn(inputs, images (N, H, W, 3)) -> ((N, P, D) features, (N, 2, 3) warps from the
         frame the features are in to the input frame, or None): the extractor's own function
         on inputs['backbone'] (FYD aligns first)."""
         return lambda inputs, images: (embedder.embed_fn(inputs["backbone"], images), None)

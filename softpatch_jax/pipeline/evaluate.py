@@ -33,7 +33,8 @@ from softpatch_jax.upgrade import upgrade
 def extractor_for(config, method: methods.Method):
     """The feature extractor of `method` with the backbone fields of `config`."""
     return make_extractor(BackboneSpec.from_config(config), method.features, config.seed,
-                          config.runtime.cache_dir, config.runtime.multi_device)
+                          config.runtime.cache_dir, config.runtime.multi_device,
+                          tile=config.data.tile)
 
 
 def noise_file_list(spec: str):
@@ -164,7 +165,7 @@ def score_category(method: methods.Method, fitted: Fitted, samples, data_config,
 
 
 def category_metrics(split: noise.NoisySplit, scores: methods.Scores, masks=None) -> Dict:
-    """Image metrics, and pixel metrics against `masks` ((T, S, S), None without masks); a
+    """Image metrics, and pixel metrics against `masks` ((T, H, W), None without masks); a
     metric that a single-class test set leaves undefined is None, with a `note` saying why."""
     labels = np.array([s.label for s in split.test])
     result = {
@@ -191,7 +192,7 @@ def category_metrics(split: noise.NoisySplit, scores: methods.Scores, masks=None
 
 
 def load_masks(samples, data_config) -> np.ndarray:
-    """(T, S, S) ground-truth masks of test samples (zeros where a sample has none)."""
+    """(T, H, W) ground-truth masks of test samples (zeros where a sample has none)."""
     return np.stack([preprocess.load_sample_mask(s, data_config.resize, data_config.image_size)
                      for s in samples])
 

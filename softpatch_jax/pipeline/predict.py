@@ -239,6 +239,8 @@ def _write_decisions(target: str, samples, scores, maps, image_threshold, pixel_
     lo, hi = float(maps.min()), float(maps.max())
     for s, score, amap in tqdm(list(zip(samples, scores, maps)), desc="maps", leave=False):
         stem = os.path.splitext(s.name)[0] + ".png"
+        top, left, height, width = preprocess.canvas_box(s, d.resize, d.image_size)
+        amap = amap[top:top + height, left:left + width]  # the image's own pixels: its aspect
         mask = None if pixel_threshold is None else amap >= pixel_threshold
         row = {"name": s.name, "path": s.path, "score": float(score),
                "verdict": ("" if image_threshold is None else
@@ -249,7 +251,8 @@ def _write_decisions(target: str, samples, scores, maps, image_threshold, pixel_
             continue
         for sub in ("maps", "masks", "overlays"):
             os.makedirs(os.path.dirname(os.path.join(target, sub, stem)), exist_ok=True)
-        image = preprocess.display_image(s, d.resize, d.image_size)  # read once for both
+        image = preprocess.display_image(s, d.resize, d.image_size)[
+            top:top + height, left:left + width]  # read once for both
         plots.map_png(s, amap, d.resize, d.image_size, os.path.join(target, "maps", stem), hi,
                       image)
         if mask is not None:

@@ -17,13 +17,14 @@ NON_RESULT_FIELDS = ("runtime.cache_dir", "runtime.compilation_cache", "runtime.
 
 
 def flatten(tree: dict, prefix: str = "") -> Dict[str, object]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    """{'a': {'b': 1}} -> {'a.b': 1}; tuples as lists, as JSON stores them (so a stored
+    (height, width) compares equal to the config's)."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict):
             out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
 
 

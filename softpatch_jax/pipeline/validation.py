@@ -7,7 +7,7 @@ import logging
 import math
 import os
 
-from softpatch_jax import data, defaults, methods, upgrade
+from softpatch_jax import data, defaults, methods, shapes, upgrade
 from softpatch_jax.data import noise
 from softpatch_jax.data.mvtec import IMAGE_EXTS
 from softpatch_jax.features import backbones
@@ -74,10 +74,25 @@ def check_data(d) -> None:
              f"{', '.join(data.names())}")
     _require(d.source in ("folder", "tfds"),
              f"data.source={d.source!r} is unknown; choose folder or tfds")
-    for field in ("resize", "image_size", "batch_size"):
-        _require(d[field] >= 1, f"data.{field}={d[field]} must be at least 1")
-    _require(d.image_size <= d.resize, f"data.image_size={d.image_size} exceeds "
-             f"data.resize={d.resize}; the centre crop must fit the resized image")
+    _require(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be at least 1")
+    _require(d.resize >= 0, f"data.resize={d.resize} must be >= 0 (0 = fit the whole image)")
+    for field in ("image_size", "tile"):
+        value = d[field]
+        if field == "tile" and value == 0:
+            continue
+        try:
+            ok = min(shapes.hw(value)) >= 1
+        except ValueError:
+            ok = False
+        _require(ok, f"data.{field}={value!r} must be N or (height, width) of at least 1, e.g. "
+                 f"--config.data.{field}=224 or =640,256"
+                 + (" (0 = no tiling)" if field == "tile" else ""))
+    height, width = shapes.hw(d.image_size)
+    _require(d.resize == 0 or min(height, width) <= d.resize,
+             f"data.image_size={shapes.describe(d.image_size)} exceeds data.resize={d.resize}; "
+             "the centre crop must fit the resized image (or set data.resize=0 to fit the "
+             "whole image into data.image_size)")
+    shapes.tiles(d.image_size, d.tile)  # the tiles must cover the canvas
     _require(d.max_train >= 0, f"data.max_train={d.max_train} must be >= 0 (0 = all)")
     _require(d.max_test == 0 or d.max_test >= 2, f"data.max_test={d.max_test} must be 0 (all) "
              "or at least 2 (a normal and an anomalous image)")

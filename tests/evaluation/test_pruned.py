@@ -117,3 +117,14 @@ def test_a_large_open_set_is_computed_exactly_at_once():
     g, asked = _bounded(exact, upper, levels=1)
     g.direct_share = 0.1
     np.testing.assert_array_equal(pruned.image_maxima(g), exact.reshape(len(exact), -1).max(1))
+
+
+@pytest.mark.parametrize("size", [(40, 24), (24, 40)])
+def test_pixel_threshold_on_a_rectangular_canvas_equals_the_full_threshold(size):
+    exact, upper = _grids(h=10, w=6, seed=4) if size[0] > size[1] else _grids(h=6, w=10, seed=4)
+    keep = np.ones(len(exact), bool)
+    keep[3] = False
+    g, _ = _bounded(exact, upper, size=size)
+    got = pruned.pixel_threshold(g, keep, 0.05)
+    ref = thresholds.pixel_threshold(anomaly_map.anomaly_maps(exact, size, 2.0), keep, 0.05)
+    assert got == ref

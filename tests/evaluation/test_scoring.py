@@ -53,3 +53,35 @@ def test_auroc_edge_cases():
     assert np.isnan(metrics.auroc([0, 0], [0.1, 0.2]))
     with pytest.raises(ValueError, match="do not match"):
         metrics.pixel_auroc(np.zeros((2, 4, 4)), np.zeros((2, 5, 5)))
+
+
+@pytest.mark.parametrize("size", [(160, 48), (48, 160), (224, 224)])
+def test_rectangular_anomaly_maps_match_scipy_and_torch(size):
+    """A (h, w) grid to an (H, W) canvas: SciPy's blur of an independent bilinear upsampling
+    (each axis by PyTorch's rule, written out here), and torch's interpolate where present."""
+    rng = np.random.default_rng(5)
+    h, w = size[0] // 8, size[1] // 8
+    grids = rng.random((2, h, w)).astype(np.float32)
+
+    def bilinear(n_in, n_out):  # align_corners=False, as torch: src = (i + 0.5) n_in / n_out - 0.5
+        m = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+            lo = min(int(np.floor(src)), n_in - 1)
+            hi, t = min(lo + 1, n_in - 1), src - lo
+            m[i, lo] += 1 - t
+            m[i, hi] += t
+        return m
+
+    up = np.stack([bilinear(h, size[0]) @ g @ bilinear(w, size[1]).T for g in grids])
+    ref = np.stack([scipy.ndimage.gaussian_filter(u, sigma=4) for u in up])
+    got = anomaly_map.anomaly_maps(grids, size, 4.0)
+    assert got.shape == (2, *size)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(anomaly_map.anomaly_maps(grids, size, 0.0), up, atol=1e-5)
+    if size[0] == size[1]:  # N and (N, N) are one size
+        np.testing.assert_array_equal(anomaly_map.anomaly_maps(grids, size[0], 4.0), got)
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    t = torch.nn.functional.interpolate(torch.tensor(grids)[:, None], size=size, mode="bilinear",
+                                        align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(up, t, atol=1e-5)

@@ -105,3 +105,23 @@ def test_patch_features_match_torch_patchcore():
                        for f in fs], 1)
     ref = F.adaptive_avg_pool1d(pre.reshape(len(pre), 1, -1), 1024).reshape(len(pre), -1)
     np.testing.assert_allclose(ours.reshape(-1, 1024), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_features_are_the_tiles_features_in_place():
+    """data.tile: the features of a (64, 96) canvas cut into (32, 32) tiles equal each tile's own
+    features (the backbone run on the tile alone), put back row-major on the stitched grid."""
+    from softpatch_jax.features.extractor import Embedder
+
+    whole = Embedder("efficientnet_lite0", ("stage3", "stage5"), "random", embed_dim=64)
+    tiled = Embedder("efficientnet_lite0", ("stage3", "stage5"), "random", embed_dim=64,
+                     tile=32)
+    images = np.random.default_rng(0).normal(size=(2, 64, 96, 3)).astype(np.float32)
+    gh, gw = whole.grid(32)
+    assert tiled.grid((64, 96)) == (2 * gh, 3 * gw)
+    got = tiled(images).reshape(2, 2 * gh, 3 * gw, -1)
+    for r in range(2):
+        for c in range(3):
+            tile = images[:, 32 * r:32 * (r + 1), 32 * c:32 * (c + 1)]
+            ref = whole(tile).reshape(2, gh, gw, -1)
+            np.testing.assert_allclose(got[:, r * gh:(r + 1) * gh, c * gw:(c + 1) * gw], ref,
+                                       rtol=1e-5, atol=1e-5)

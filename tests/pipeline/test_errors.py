@@ -52,9 +52,20 @@ def _setup(case, tmp, data_root):
     if case == "file_in_the_way":
         (tmp / "f").write_text("x")
         return _fit(data_root, str(tmp / "f" / "sub"))
-    if case in ("resize_0", "image_size_0", "batch_size_0"):
+    if case in ("image_size_0", "batch_size_0"):
         field = case[:-2]
         return _fit(data_root, w, f"--config.data.{field}=0")
+    if case == "resize_negative":
+        return _fit(data_root, w, "--config.data.resize=-1")
+    if case == "image_size_triple":
+        return _fit(data_root, w, "--config.data.image_size=64,32,3")
+    if case == "crop_larger_than_resize":
+        return _fit(data_root, w, "--config.data.image_size=64,48", "--config.data.resize=40")
+    if case == "tile_not_dividing":
+        return _fit(data_root, w, "--config.data.image_size=64,48", "--config.data.resize=0",
+                    "--config.data.tile=20")
+    if case == "tile_with_fyd":
+        return _fit(data_root, w, "--config.model.method=fyd", "--config.data.tile=16")
     if case == "missing_weights":
         return _fit(data_root, w, "--config.backbone.weights=/no/such/weights.pth")
     if case == "missing_noise_list":
@@ -88,8 +99,12 @@ CASES = {  # case: what the one line must say
     "empty_workdir": "--workdir is empty",
     "workdir_is_a_file": "--workdir is a file, not a folder",
     "file_in_the_way": "(a parent of --workdir) is a file",
-    "resize_0": "data.resize=0 must be at least 1",
-    "image_size_0": "data.image_size=0 must be at least 1",
+    "resize_negative": "data.resize=-1 must be >= 0 (0 = fit the whole image)",
+    "image_size_0": "data.image_size=0 must be N or (height, width) of at least 1",
+    "image_size_triple": "data.image_size=(64, 32, 3) must be N or (height, width)",
+    "crop_larger_than_resize": "data.image_size=64x48 exceeds data.resize=40",
+    "tile_not_dividing": "data.tile=20 must divide data.image_size=64x48 exactly",
+    "tile_with_fyd": "data.tile=16 is not available with model.method=fyd",
     "batch_size_0": "data.batch_size=0 must be at least 1",
     "missing_weights": "backbone.weights='/no/such/weights.pth' does not exist",
     "missing_noise_list": "noise.files='/no/such/list.txt' is neither a file",

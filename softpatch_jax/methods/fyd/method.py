@@ -45,6 +45,9 @@ class FYD(PaDiM):
 
     @classmethod
     def from_config(cls, config) -> "FYD":
+        if config.data.tile:  # its alignment warps the whole image, not tiles
+            raise ValueError(f"data.tile={config.data.tile!r} is not available with "
+                             "model.method=fyd, which aligns whole images; set data.tile=0")
         b = config.backbone
         identity = dict(backbone=b.name, weights=b.weights, taps=config.padim.layers,
                         dtype=b.dtype, seed=config.seed)

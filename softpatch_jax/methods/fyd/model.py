@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from softpatch_jax import shapes
 from softpatch_jax.features import padim
 from softpatch_jax.features.extractor import finest_first, run_batches
 from softpatch_jax.features.types import Features
@@ -70,15 +71,16 @@ def build(f, backbone: nn.Module, taps: Sequence[str]) -> FYD:
 
 
 def init(model: FYD, key: jax.Array, tap_shapes: Dict[str, Tuple[int, ...]],
-         image_size: int) -> Dict:
+         image_size) -> Dict:
     """-> {'params': {...}, 'batch_stats': {...}} of the FYD modules (not the backbone).
-    `tap_shapes`: the backbone's tapped map shapes for a batch of 2 images of `image_size`."""
+    `tap_shapes`: the backbone's tapped map shapes for a batch of 2 images of `image_size`
+    (N or (height, width))."""
 
     @jax.jit  # one compilation instead of one per initialiser
     def _init(key):
         keys = jax.random.split(key, 1 + 2 * len(model.taps))
         params = {"image_stn": model.image_stn.init(
-            keys[0], jnp.zeros((2, image_size, image_size, 3)))["params"]}
+            keys[0], jnp.zeros((2, *shapes.hw(image_size), 3)))["params"]}
         params["feature_stn"], params["heads"], stats = {}, {}, {}
         for i, tap in enumerate(model.taps):
             shape = tap_shapes[tap]

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from tqdm.auto import tqdm
 
+from softpatch_jax import shapes
 from softpatch_jax.data import preprocess
 from softpatch_jax.data.samples import item_stamp
 from softpatch_jax.files import atomic_path, fingerprint
@@ -112,8 +113,8 @@ class TrainState(train_state.TrainState):
     epoch: jax.Array = None
 
 
-def _load_images(samples, resize: int, image_size: int, batch_size: int) -> np.ndarray:
-    out = np.empty((len(samples), image_size, image_size, 3), np.float32)
+def _load_images(samples, resize: int, image_size, batch_size: int) -> np.ndarray:
+    out = np.empty((len(samples), *shapes.hw(image_size), 3), np.float32)
     for start, imgs in preprocess.batches(samples, batch_size, resize, image_size):
         out[start:start + len(imgs)] = imgs
     return out
