@@ -1,8 +1,8 @@
 """The package reads top-down (issue 25): every import of a package module, at the top of a file
 or inside a function, runs down the layers or stays in its layer, and no modules import each
 other in a circle. Layers, bottom first: the ground-floor modules (files, settings, timing,
-defaults, upgrade, version), ops, data, io, features, evaluation, methods, pipeline, report, export, api,
-main."""
+defaults, upgrade, version, shapes), ops, data, io, features, evaluation, methods, pipeline,
+report, export, api, main."""
 import ast
 import os
 from typing import Dict, Set
@@ -10,9 +10,9 @@ from typing import Dict, Set
 import softpatch_jax
 
 PACKAGE = os.path.dirname(softpatch_jax.__file__)
-LAYERS = (("files", "settings", "timing", "defaults", "upgrade", "version"), ("ops",), ("data",), ("io",),
-          ("features",), ("evaluation",), ("methods",), ("pipeline",), ("report",), ("export",),
-          ("api",), ("main",))
+LAYERS = (("files", "settings", "timing", "defaults", "upgrade", "version", "shapes"), ("ops",),
+          ("data",), ("io",), ("features",), ("evaluation",), ("methods",), ("pipeline",),
+          ("report",), ("export",), ("api",), ("main",))
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 

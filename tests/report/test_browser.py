@@ -90,7 +90,7 @@ def runs(mvtec_root, cache_dir, tmp_path_factory):
     predict.predict_images(fit, images)
     write_report(fit)  # as the commands do (main.py, experiments/sweep.py)
     s = load_config("sweeps/noise.py")
-    s.data.update(c.data)
+    s.data.update(c.data.to_dict())  # a dict: image_size and tile are references
     s.denoise.lof_k, s.runtime.cache_dir = 3, cache_dir
     s.sweep.ratios, s.sweep.discriminators, s.sweep.modes = "0,0.25", "lof", "overlap"
     swept = str(tmp_path_factory.mktemp("sweep"))
