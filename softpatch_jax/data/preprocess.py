@@ -168,7 +168,7 @@ def augment(img: Image.Image, rotation_deg: float, shift_x: float, shift_y: floa
                       translate=(shift_x * w, shift_y * h))
 
 
-def load_image(path: str, resize: int = 256, crop: int = 224, aug=None,
+def load_image(path: str, resize: int = 256, crop=224, aug=None,
                data: Optional[bytes] = None) -> np.ndarray:
     """-> (H, W, 3) (canvas `crop`) float32, ImageNet-normalised. `aug`: (degrees, dx, dy) or None,
     applied to the original image before resizing. `data`: encoded bytes instead of the file."""
@@ -178,23 +178,24 @@ def load_image(path: str, resize: int = 256, crop: int = 224, aug=None,
     return normalised(img, resize, crop)
 
 
-def display_image(sample, resize: int = 256, crop: int = 224) -> np.ndarray:
+def display_image(sample, resize: int = 256, crop=224) -> np.ndarray:
     """A sample's image as the model sees it (augmented, resized, cropped), for people:
     (H, W, 3) (canvas `crop`) float in [0, 1], the ImageNet normalisation undone."""
     img = load_image(sample.path, resize, crop, sample.augment, sample.image_bytes)
     return np.clip(img * IMAGENET_STD + IMAGENET_MEAN, 0.0, 1.0)
 
 
-def load_sample_mask(sample, resize: int = 256, crop: int = 224) -> np.ndarray:
+def load_sample_mask(sample, resize: int = 256, crop=224) -> np.ndarray:
     """The mask of a Sample, from its file or its stored bytes; zeros when it has none."""
     if sample.mask_bytes is not None:
         return load_mask(sample.path + ":mask", resize, crop, data=sample.mask_bytes)
     return load_mask(sample.mask_path, resize, crop, sample.path)
 
 
-def load_mask(path: Optional[str], resize: int = 256, crop: int = 224,
+def load_mask(path: Optional[str], resize: int = 256, crop=224,
               image_path: Optional[str] = None, data: Optional[bytes] = None) -> np.ndarray:
-    """-> (H, W) bool on the canvas `crop`; all False when path is None. The mask must match its image's size.
+    """-> (H, W) bool on the canvas `crop`; all False when path is None. The mask must match
+    its image's size.
 
     Any non-zero value marks a defect (MVTec masks are 0/255, some VisA releases use 0/1); the
     binarised mask is resized like the image and a pixel stays anomalous only where it remains 255.
@@ -230,7 +231,7 @@ def array_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(a).convert("RGB")
 
 
-def normalised(img: Image.Image, resize: int, crop: int) -> np.ndarray:
+def normalised(img: Image.Image, resize: int, crop) -> np.ndarray:
     """-> (H, W, 3) float32 on the canvas `crop`, ImageNet-normalised (`place`)."""
     return (place(img, resize, crop).astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
@@ -255,10 +256,10 @@ def _load(item, resize, crop):
     return load_image(item.path, resize, crop, item.augment, item.image_bytes)
 
 
-def batches(samples: Sequence, batch_size: int, resize: int, crop: int,
+def batches(samples: Sequence, batch_size: int, resize: int, crop,
             workers: int = 4) -> Iterator[Tuple[int, np.ndarray]]:
-    """Yields (start, (n, H, W, 3) images) batches of Samples (or plain paths, or image arrays: `array_image`), decoded
-    ahead by a thread pool so that reading overlaps the backbone; only two batches are ever
+    """Yields (start, (n, H, W, 3) images) batches of Samples (or plain paths, or image arrays:
+    `array_image`), decoded ahead by a thread pool so that reading overlaps the backbone; only two batches are ever
     in memory, never the whole dataset."""
     paths = list(samples)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -275,7 +276,7 @@ def batches(samples: Sequence, batch_size: int, resize: int, crop: int,
 
 
 def padded_batches(samples: Sequence, batch_size: int, resize: int,
-                   crop: int) -> Iterator[Tuple[int, int, np.ndarray]]:
+                   crop) -> Iterator[Tuple[int, int, np.ndarray]]:
     """As `batches`, but every batch is padded with zero images to `batch_size` (one compiled
     shape for jitted consumers): yields (start, n real images, (batch_size, H, W, 3))."""
     for start, imgs in batches(samples, batch_size, resize, crop):

@@ -13,8 +13,9 @@ Each export folder holds a copy of this file, so the folder alone is the deploym
 Outputs: 'scores' (N,), 'maps' (N, H, W) on the input canvas (meta.json's image_size), 'verdicts'
 (N,) bool (score >= the image threshold; None when the export has none) and 'masks' (N, H, W)
 bool (map >= the pixel threshold; None without one); `score_files` adds each image's 'boxes'
-and its map cut to them, 'image_maps', in the image's aspect ratio. The scorer runs fixed batches of meta.json's `batch_size`; the last batch is padded
-with zero images whose outputs are dropped.
+and its map cut to them, 'image_maps', in the image's aspect ratio. The scorer runs fixed
+batches of meta.json's `batch_size`; the last batch is padded with zero images whose outputs are
+dropped.
 """
 import json
 import os
@@ -109,9 +110,17 @@ def load_image(path: str, resize: int, crop, mean, std) -> np.ndarray:
     """An image file -> (H, W, 3) float32 on the canvas `crop` (N or [H, W]): upright by its
     EXIF orientation, RGB, resized and centre-cut (or fitted whole, resize 0), scaled to
     [0, 1] and normalised by `mean` and `std` (per channel)."""
-    img = _place(read_rgb(path), resize, crop)
+    return load_image_and_box(path, resize, crop, mean, std)[0]
+
+
+def load_image_and_box(path: str, resize: int, crop, mean, std):
+    """-> (`load_image`'s array, (top, left, height, width) of the image's own pixels on the
+    canvas), from one decoding of the file."""
+    img = read_rgb(path)
+    box = placement(img.size[0], img.size[1], resize, crop)[3]
+    img = _place(img, resize, crop)
     return ((img.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
-            / np.asarray(std, np.float32))
+            / np.asarray(std, np.float32)), box
 
 
 # -- the scorer ---------------------------------------------------------------------------------
@@ -165,13 +174,12 @@ class Scorer:
         return result
 
     def load(self, path: str) -> np.ndarray:
-        m = self.meta
-        return load_image(path, m["resize"], m["image_size"], m["mean"], m["std"])
+        return self.load_with_box(path)[0]
 
-    def box(self, path: str):
-        """(top, left, height, width) of the image's own pixels on the canvas."""
-        img = read_rgb(path)
-        return placement(img.size[0], img.size[1], self.meta["resize"], self.meta["image_size"])[3]
+    def load_with_box(self, path: str):
+        """-> (the preprocessed image, its (top, left, height, width) box on the canvas)."""
+        m = self.meta
+        return load_image_and_box(path, m["resize"], m["image_size"], m["mean"], m["std"])
 
     def score_files(self, paths) -> dict:
         """Image files -> `score`'s outputs (read batch by batch), plus 'boxes' (N, 4) (top, left,
@@ -180,11 +188,14 @@ class Scorer:
         paths = list(paths)
         if not paths:
             raise ValueError("no image files to score")
-        outs = [self.score(np.stack([self.load(p) for p in paths[i:i + self.batch]]))
-                for i in range(0, len(paths), self.batch)]
+        outs, boxes = [], []
+        for i in range(0, len(paths), self.batch):
+            loaded = [self.load_with_box(p) for p in paths[i:i + self.batch]]
+            outs.append(self.score(np.stack([image for image, _ in loaded])))
+            boxes += [box for _, box in loaded]
         result = {k: None if outs[0][k] is None else np.concatenate([o[k] for o in outs])
                   for k in outs[0]}
-        result["boxes"] = np.array([self.box(p) for p in paths], np.int64)
+        result["boxes"] = np.array(boxes, np.int64)
         result["image_maps"] = [m[t:t + bh, x:x + bw]
                                 for m, (t, x, bh, bw) in zip(result["maps"], result["boxes"])]
         return result

@@ -39,7 +39,7 @@ def sweep_curves(rows: List[Dict], path: str,
     plt.close(fig)
 
 
-def map_png(sample, amap: np.ndarray, resize: int, crop: int, path: str, vmax: float,
+def map_png(sample, amap: np.ndarray, resize: int, crop, path: str, vmax: float,
             image: Optional[np.ndarray] = None) -> None:
     """One image with its anomaly map overlaid (colour scale 0..vmax) and its score. `image`:
     the sample's `preprocess.display_image`, when the caller has it."""
@@ -54,7 +54,7 @@ def map_png(sample, amap: np.ndarray, resize: int, crop: int, path: str, vmax: f
     plt.close(fig)
 
 
-def overlays(samples: Sequence, maps: np.ndarray, masks: np.ndarray, resize: int, crop: int,
+def overlays(samples: Sequence, maps: np.ndarray, masks: np.ndarray, resize: int, crop,
              path: str, title: str = "", count: int = 6) -> None:
     """The first anomalous and a normal test image: image, map overlay, ground-truth contour."""
     anomalous = [i for i, s in enumerate(samples) if s.label == 1][:count - 1]
