@@ -59,13 +59,17 @@ def get_config() -> ml_collections.ConfigDict:
     # Patch-level denoising (softpatch; softpatch_plus reads all but discriminator and ratio).
     config.denoise = ml_collections.ConfigDict()
     config.denoise.discriminator = "lof"  # softpatch: none (PatchCore) | nearest | gaussian | lof
-    config.denoise.ratio = 0.15           # share of the patches removed as noise
+    # share of the patches removed as noise, or auto: from the contamination estimate
+    # (evaluation/contamination.py: 1.5 x the estimated share of defective images, <= 0.5)
+    config.denoise.ratio = ml_collections.FieldReference(0.15, field_type=object)
     config.denoise.lof_k = 6
     # Discriminator groups: position | neighbourhood | global, or '' for the method's own:
     # softpatch position (the official code's), softpatch_plus auto (the alignment study's).
     config.denoise.grouping = ""
     config.denoise.group_radius = 2       # neighbourhood: Chebyshev window radius in patches
-    config.denoise.soft_weight = True
+    # test scores times the nearest entry's weight: True, False, or auto (none where the
+    # contamination estimate finds no defective image)
+    config.denoise.soft_weight = ml_collections.FieldReference(True, field_type=object)
 
     # SoftPatch+ (secondary sources; docs/methods.md): fusion and the two banks' denoising ratios.
     config.softpatch_plus = ml_collections.ConfigDict()
@@ -76,8 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Soft weights: first (its raw scores) | fused | none | a discriminator's name (e.g. lof).
     config.softpatch_plus.soft_source = "first"
     config.softpatch_plus.shared_projection = True  # one coreset projection for both banks
-    config.softpatch_plus.cls_ratio = 0.15      # classification bank (image scores)
-    config.softpatch_plus.seg_ratio = 0.5       # segmentation bank (anomaly maps)
+    # classification bank (image scores) and segmentation bank (anomaly maps); either auto:
+    # from the contamination estimate (cls 1.5 x, seg 5 x the defective share, <= 0.5)
+    config.softpatch_plus.cls_ratio = ml_collections.FieldReference(0.15, field_type=object)
+    config.softpatch_plus.seg_ratio = ml_collections.FieldReference(0.5, field_type=object)
 
     # PaDiM (and FYD's PaDiM): random channels of the first three levels (EfficientNet-Lite:
     # stride 4, 8, 16).

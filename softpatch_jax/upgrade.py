@@ -68,9 +68,10 @@ ADDED: Dict[str, object] = {
     "data.tile": 0,
 }
 
-# Fields that take more than one type (N or (height, width)): ml_collections would otherwise
-# refuse a pair where the stored value is a number.
-ANY_TYPE = ("data.image_size", "data.tile")
+# Fields that take more than one type (N or (height, width); a number or auto): ml_collections
+# would otherwise refuse a pair or `auto` where the stored value is a number.
+ANY_TYPE = ("data.image_size", "data.tile", "denoise.ratio", "denoise.soft_weight",
+            "softpatch_plus.cls_ratio", "softpatch_plus.seg_ratio")
 
 
 def is_legacy(config) -> bool:

@@ -1,6 +1,7 @@
 """Shared fixtures: small generated data and one backbone instance for the whole session."""
 import os
 
+import numpy as np
 import pytest
 
 from softpatch_jax.data import synthetic
@@ -31,3 +32,19 @@ def load_config(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.get_config()
+
+
+def contaminated_pile(b: int, share: float, seed: int, p: int = 36, d: int = 16):
+    """(B, P, D) features: a Gaussian per position; round(share * B) images carry a defect on 2-5
+    random positions (shifted far from the normal cloud). -> (features, defective (B,) bool,
+    defective patches (B, P) bool)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(p, d)) * 3)[None] + rng.normal(size=(b, p, d))
+    bad = np.zeros(b, bool)
+    bad[rng.permutation(b)[:int(round(share * b))]] = True
+    patches = np.zeros((b, p), bool)
+    for i in np.flatnonzero(bad):
+        pos = rng.choice(p, size=rng.integers(2, 6), replace=False)
+        x[i, pos] += rng.normal(size=(len(pos), d)) + 4.0 * rng.choice([-1, 1], size=(len(pos), d))
+        patches[i, pos] = True
+    return x.astype(np.float32), bad, patches

@@ -51,7 +51,9 @@ def sweep_overrides(entry: str, config=None) -> dict:
                              "field=value, e.g. lof@grouping=neighbourhood")
         dotted = resolve_field(field, config, f"sweep.discriminators entry {entry!r}")
         section, key = dotted.split(".")
-        fields[dotted] = _typed(value, config[section][key], f"{entry!r}: {dotted}")
+        like = config[section][key]
+        fields[dotted] = (value if value == "auto" and dotted in upgrade.ANY_TYPE
+                          else _typed(value, like, f"{entry!r}: {dotted}"))
     return fields
 
 

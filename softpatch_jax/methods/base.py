@@ -51,9 +51,13 @@ class Scores:
 class TrainingNoise:
     """What a method's denoising says about its B training images: `patch_scores` (B, P), higher
     = more likely noise (a discriminator's scores, or SoftPatch+'s fused ranks), and `removed`
-    (B, P) bool, the patches it kept out of the memory bank (None where it removes none)."""
+    (B, P) bool, the patches it kept out of the memory bank (None where it removes none);
+    `estimate` the contamination estimate its denoising used (evaluation/contamination.py; None
+    where it used none) and `ratios` the removal ratios it applied, by config field."""
     patch_scores: np.ndarray
     removed: Optional[np.ndarray] = None
+    estimate: Optional[Any] = None
+    ratios: Optional[Dict[str, float]] = None
 
 
 class Method:

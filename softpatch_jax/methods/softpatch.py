@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from scipy.stats import rankdata
 
+from softpatch_jax.evaluation import contamination
 from softpatch_jax.methods.base import Features, Scores, TrainingNoise
 from softpatch_jax.methods.patchcore import (MemoryBank, PatchCore, bank_arrays, bank_options,
                                              build_bank)
@@ -33,6 +34,7 @@ FUSION_RULES = ("mean", "max", "weighted")
 RANK_NORMS = ("global", "position")
 # softpatch_plus.soft_source: these, or any registered discriminator's raw scores (e.g. lof).
 SOFT_SOURCES = ("first", "fused", "none")
+AUTO = "auto"  # a removal ratio or the soft weights from the contamination estimate
 
 
 def soft_sources() -> Tuple[str, ...]:
@@ -132,9 +134,31 @@ def _check_lof_k(k: int) -> None:
         raise ValueError(f"denoise.lof_k={k} must be >= 1")
 
 
-def _check_fraction(value: float, field: str) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{field}={value} must lie in [0, 1)")
+def _check_fraction(value, field: str) -> None:
+    """A removal ratio: a share in [0, 1), or `auto` (from the contamination estimate)."""
+    if value == AUTO:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{field}={value!r} must lie in [0, 1) or be auto (from the "
+                         "contamination estimate)")
+
+
+def _check_soft_weight(value) -> None:
+    if not (value is True or value is False or value == AUTO):
+        raise ValueError(f"denoise.soft_weight={value!r} must be True, False or auto (none "
+                         "where the pile looks clean)")
+
+
+def applied_ratio(ratio, estimate: contamination.Estimate,
+                  factor: float = contamination.FACTOR) -> float:
+    """A configured removal ratio, or for `auto` the estimate's (contamination.auto_ratio)."""
+    return contamination.auto_ratio(estimate.images, factor) if ratio == AUTO else float(ratio)
+
+
+def applied_soft(soft: np.ndarray, mode, estimate: contamination.Estimate) -> np.ndarray:
+    """Soft weights as denoise.soft_weight says: `auto` drops them (ones) where the estimate
+    finds no defective image, so a pile that looks clean is scored without them."""
+    return np.ones_like(soft) if mode == AUTO and estimate.images == 0 else soft
 
 
 def _grouping_options(d, names: Sequence[str], field: str, default: str) -> dict:
@@ -154,6 +178,8 @@ class FitDetails:
     coreset_indices: np.ndarray          # (M,) indices into the flattened B * P patches
     grouping: str = "position"           # the grouping the discriminators ran under
     aligned_share: Optional[float] = None  # grouping=auto: what decided it (grouping.resolve)
+    estimate: Optional[contamination.Estimate] = None  # from the discriminator's scores
+    ratio: Optional[float] = None          # the removal ratio applied
 
 
 # fold_in constant of the projection on which grouping=auto measures alignment (its own, so
@@ -175,7 +201,9 @@ class SoftPatch(PatchCore):
         self.denoise_ratio, self.lof_k, self.projection_dim = denoise_ratio, lof_k, projection_dim
         # '' (denoise.grouping's default) is this method's own grouping.
         self.grouping, self.group_radius = grouping or self.default_grouping, group_radius
-        self.soft_weight = soft_weight and self.discriminator is not None
+        # auto decides at the fit (ones where the pile looks clean); scores always multiply
+        self.soft_mode = soft_weight
+        self.soft_weight = bool(soft_weight) and self.discriminator is not None
 
     @classmethod
     def from_config(cls, config) -> "SoftPatch":
@@ -183,6 +211,7 @@ class SoftPatch(PatchCore):
         if d.discriminator != "none":
             _check_discriminator(d.discriminator, "denoise.discriminator")
         _check_fraction(d.ratio, "denoise.ratio")
+        _check_soft_weight(d.soft_weight)
         _check_lof_k(d.lof_k)
         grouping = _grouping_options(d, [d.discriminator] if d.discriminator != "none" else [],
                                      "denoise.discriminator", cls.default_grouping)
@@ -247,7 +276,7 @@ class SoftPatch(PatchCore):
         train = features.patches
         b, p, _ = train.shape
         key_disc, key_bank = jax.random.split(key)
-        scores, grouping, share = None, "position", None
+        scores, grouping, share, estimate, ratio = None, "position", None, None, None
         if self.discriminator is None:
             sampling = soft = np.ones((b, p), np.float32)
         else:
@@ -255,11 +284,14 @@ class SoftPatch(PatchCore):
                 grouping, share = self._resolve_grouping(features, key_disc)
                 scores = self._noise_scores(features, key_disc, self.discriminator, progress,
                                             grouping)
-                sampling, soft = denoise(scores, self.denoise_ratio)
+                estimate = contamination.estimate(scores)
+                ratio = applied_ratio(self.denoise_ratio, estimate)
+                sampling, soft = denoise(scores, ratio)
+                soft = applied_soft(soft, self.soft_mode, estimate)
         with clock.stage("coreset"):
             bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank,
                                    dataclasses.replace(self.sampler, progress=progress))
-        return FitDetails(bank, scores, sampling, idx, grouping, share)
+        return FitDetails(bank, scores, sampling, idx, grouping, share, estimate, ratio)
 
     def fit(self, features: Features, key: jax.Array, learned=None,
             progress: bool = True) -> MemoryBank:
@@ -270,7 +302,8 @@ class SoftPatch(PatchCore):
         details = self.fit_details(features, key, progress, clock)
         if details.patch_scores is None:
             return details.bank, None
-        return details.bank, TrainingNoise(details.patch_scores, details.sampling_weights == 0)
+        return details.bank, TrainingNoise(details.patch_scores, details.sampling_weights == 0,
+                                           details.estimate, {"denoise.ratio": details.ratio})
 
     def score(self, fitted: MemoryBank, features: Features,
               exclude: Optional[np.ndarray] = None) -> Scores:
@@ -309,7 +342,8 @@ class SoftPatchPlus(SoftPatch):
         self.cls_ratio, self.seg_ratio = cls_ratio, seg_ratio
         self.rank_norm, self.fusion_weights = rank_norm, fusion_weights
         self.soft_source, self.shared_projection = soft_source, shared_projection
-        self.soft_weight = softpatch.get("soft_weight", True)
+        self.soft_mode = softpatch.get("soft_weight", True)
+        self.soft_weight = bool(self.soft_mode)
 
     @classmethod
     def from_config(cls, config) -> "SoftPatchPlus":
@@ -328,7 +362,8 @@ class SoftPatchPlus(SoftPatch):
                                       (True, False)))
         _check_fraction(sp.cls_ratio, "softpatch_plus.cls_ratio")
         _check_fraction(sp.seg_ratio, "softpatch_plus.seg_ratio")
-        if sp.seg_ratio < sp.cls_ratio:
+        _check_soft_weight(d.soft_weight)
+        if AUTO not in (sp.cls_ratio, sp.seg_ratio) and sp.seg_ratio < sp.cls_ratio:
             raise ValueError(f"softpatch_plus.seg_ratio={sp.seg_ratio} must be >= "
                              f"softpatch_plus.cls_ratio={sp.cls_ratio} (the segmentation bank "
                              "removes more)")
@@ -386,20 +421,27 @@ class SoftPatchPlus(SoftPatch):
                    for i, d in enumerate(self.fusion)]
             fused = fuse_ranks(raw, self.fusion_rule, self.rank_norm, self.fusion_weights)
             soft = self._soft_weights(raw, fused, features, key_disc, progress, grouping)
+            estimate = contamination.estimate(raw[0])  # the first fused discriminator's scores
+            soft = applied_soft(soft, self.soft_mode, estimate)
+            cls_tau = applied_ratio(self.cls_ratio, estimate)
+            # auto: the paper's segmentation share of its classification one, never below it
+            seg_tau = (max(cls_tau, applied_ratio(AUTO, estimate, contamination.SEG_FACTOR))
+                       if self.seg_ratio == AUTO else float(self.seg_ratio))
         sampler = dataclasses.replace(self.sampler, progress=progress)
         reduced = None
         details = []
         with clock.stage("coreset"):
             if self.coreset_ratio < 1.0 and self.shared_projection:  # one projection, 2 banks
                 reduced = sampler.project(train, jax.random.split(key_bank)[0])
-            for i, tau in enumerate((self.cls_ratio, self.seg_ratio)):
+            for i, tau in enumerate((cls_tau, seg_tau)):
                 sampling, _ = denoise(fused, tau)
                 # Not shared: the segmentation bank draws its own projection and starts.
                 key = (key_bank if self.shared_projection or i == 0
                        else jax.random.fold_in(key_bank, 1))
                 bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key, sampler,
                                        reduced)
-                details.append(FitDetails(bank, fused, sampling, idx, grouping, share))
+                details.append(FitDetails(bank, fused, sampling, idx, grouping, share, estimate,
+                                          tau))
         return details[0], details[1]
 
     def fit(self, features: Features, key: jax.Array, learned=None,
@@ -410,8 +452,10 @@ class SoftPatchPlus(SoftPatch):
     def fit_with_noise(self, features: Features, key: jax.Array, learned=None,
                        progress: bool = True, clock: StageClock = NO_CLOCK):
         cls, seg = self.fit_details(features, key, progress, clock)
+        ratios = {"softpatch_plus.cls_ratio": cls.ratio, "softpatch_plus.seg_ratio": seg.ratio}
         return TwoBanks(cls.bank, seg.bank), TrainingNoise(cls.patch_scores,
-                                                           cls.sampling_weights == 0)
+                                                           cls.sampling_weights == 0,
+                                                           cls.estimate, ratios)
 
     def score(self, fitted: TwoBanks, features: Features,
               exclude: Optional[np.ndarray] = None) -> Scores:

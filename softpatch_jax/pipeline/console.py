@@ -142,11 +142,17 @@ def headline(result: dict) -> str:
 
 def summary_lines(results: Dict[str, dict], report_path: str = "",
                   log_path: str = "") -> List[str]:
-    """The table that ends a fit: category, image AUROC, pixel AUROC, AUPRO and seconds per
+    """The table that ends a fit: category, image AUROC, pixel AUROC, AUPRO (the estimated share
+    of defective training images where the denoising estimated it) and seconds per
     category (a mean row, with the total seconds, when there are several), then the paths of
     the log and the report."""
     header = ["category", "image AUROC", "pixel AUROC", "AUPRO", "seconds"]
     keys = ("image_auroc", "pixel_auroc", "aupro")
+    # how contaminated each pile looks, where the denoising estimated it
+    estimated = any(r.get("contamination_images") is not None for r in results.values())
+    if estimated:
+        header.insert(4, "est. defective")
+        keys += ("contamination_images",)
     rows = [[name] + [report.fmt(r.get(k)) for k in keys] + [_seconds(r.get("seconds"))]
             for name, r in results.items()]
     if len(results) > 1:

@@ -21,7 +21,7 @@ reject and false accept (images) and precision, recall, F1 and IoU (pixels) at t
 import csv
 import dataclasses
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -100,6 +100,8 @@ class Calibration:
     source: str = "none"
     train_false_reject: Optional[float] = None
     exact_share: Optional[float] = None  # share of left-out patch scores computed (pruning)
+    contamination: Optional[Any] = None  # the denoising's estimate (evaluation/contamination)
+    ratios: Optional[Dict[str, float]] = None  # the removal ratios the fit applied
 
     def threshold_record(self, settings: Settings) -> dict:
         return {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold,
@@ -225,6 +227,8 @@ def fit_and_calibrate(method: Method, features: Features, key: jax.Array, learne
     stages, 'calibration' (left-out scores and thresholds) and 'audit'."""
     state, noise = method.fit_with_noise(features, key, learned, clock=clock)
     cal = Calibration(None, None)
+    if noise is not None and noise.estimate is not None:
+        cal.contamination, cal.ratios = noise.estimate, noise.ratios
     key_audit, key_folds = jax.random.split(jax.random.fold_in(key, 0x5EED))
     with clock.stage("calibration"):
         scores, cal.source = training_scores(method, state, features, key_folds, learned,

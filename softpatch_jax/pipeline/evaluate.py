@@ -228,6 +228,8 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
         masks = load_masks(split.test, d) if has_masks or overlay else None  # read once
         result = category_metrics(split, scores, masks if has_masks else None)
         result.update(method.summary(fitted.state))
+        if cal.contamination is not None:  # how contaminated the pile looks, and what it removed
+            result.update(cal.contamination.record(), denoise_ratios=cal.ratios)
     with clock.stage("audit"):
         if cal.noise_scores is not None:
             injected = decisions.injected_flags(split)

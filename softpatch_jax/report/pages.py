@@ -41,7 +41,8 @@ DECISION = (("image_precision", "image precision"), ("image_recall", "image reca
             ("pixel_iou", "pixel IoU"))
 AUDIT = (("audit_auroc", "audit AUROC"), ("audit_ap", "audit AP"),
          ("audit_precision_at_n", "precision@n"), ("audit_found_at_n", "found in top n"),
-         ("audit_flagged", "flagged"))
+         ("audit_flagged", "flagged"), ("contamination_images", "defective images (est.)"),
+         ("contamination_patches", "defective patches (est.)"))
 # The data summary's columns (`_data_row`); overlap: injected images that are also test images.
 DATA_HEADER = ("category", "train (clean)", "injected", "overlap", "test normal",
                "test anomalous")
