@@ -36,7 +36,8 @@ from softpatch_jax.upgrade import upgrade
 @dataclasses.dataclass
 class Audit:
     """Which training images look defective: `scores` (N,) (higher = more suspicious), `flagged`
-    (N,) bool at the audit's contamination, `names` (N,) in the order given."""
+    (N,) bool at the audit's contamination, `names` (N,) in the order given (after `load`: most
+    suspicious first, as the audit file lists them)."""
     names: List[str]
     scores: np.ndarray
     flagged: np.ndarray
@@ -85,8 +86,8 @@ class Fitted:
     thresholds: Optional[dict] = None  # threshold.json's record
 
     def save(self, path: str) -> str:
-        """Writes `path`/checkpoint and `path`/threshold.json (the layout of a command-line
-        category folder) -> `path`."""
+        """Writes `path`/checkpoint, `path`/threshold.json and the audit, `path`/audit_<folder>.csv
+        (the layout of a command-line category folder) -> `path`."""
         os.makedirs(path, exist_ok=True)
         grid = self.grid or evaluate.extractor_for(self.config, self.method).grid(
             self.config.data.image_size)
@@ -94,6 +95,10 @@ class Fitted:
                               self.config.to_dict(), tuple(grid))
         if self.thresholds is not None:
             decisions.write_threshold_record(path, self.thresholds)
+        if self.audit is not None:
+            folder = os.path.basename(os.path.normpath(path))  # as categories/<c>/audit_<c>.csv
+            decisions.write_audit(os.path.join(path, f"audit_{folder}.csv"), self.audit.names,
+                                  decisions.Calibration(self.audit.scores, self.audit.flagged))
         return path
 
     def predict(self, images: Sequence, names: Optional[Sequence[str]] = None) -> Prediction:
@@ -112,7 +117,10 @@ def load(path: str) -> Fitted:
     """A folder written by `Fitted.save` or a command-line fit's DIR/categories/<name>."""
     method, state, config = predict.load_fitted(os.path.join(path, "checkpoint"))
     record = decisions.read_threshold(path)
-    return Fitted(method, state, config, os.path.basename(os.path.normpath(path)),
+    name = os.path.basename(os.path.normpath(path))
+    rows = decisions.read_audit(os.path.join(path, f"audit_{name}.csv"))
+    audit = None if rows is None else Audit(*rows)
+    return Fitted(method, state, config, name, audit=audit,
                   image_threshold=(record or {}).get("image_threshold"),
                   pixel_threshold=(record or {}).get("pixel_threshold"), thresholds=record)
 

@@ -64,11 +64,17 @@ def test_a_fit_from_python_scores_as_the_command_line(cli_run, mvtec_root, cache
 
     # Save / load, and the command line's own category folder, score alike.
     saved = fitted.save(os.path.join(work, "from_python"))
-    np.testing.assert_array_equal(softpatch_jax.load(saved).predict(test).scores,
-                                  result.scores)
+    loaded = softpatch_jax.load(saved)
+    np.testing.assert_array_equal(loaded.predict(test).scores, result.scores)
+    order = np.argsort(-fitted.audit.scores, kind="stable")  # the file lists them by rank
+    assert loaded.audit.names == [fitted.audit.names[i] for i in order]
+    np.testing.assert_array_equal(loaded.audit.scores, fitted.audit.scores[order])
+    np.testing.assert_array_equal(loaded.audit.flagged, fitted.audit.flagged[order])
     from_cli = softpatch_jax.load(os.path.join(work, "categories", "widget"))
     np.testing.assert_array_equal(from_cli.predict(test).scores, result.scores)
     assert from_cli.image_threshold == fitted.image_threshold
+    # the command line's audit file read back: the same audit as the fit from Python
+    np.testing.assert_array_equal(np.sort(from_cli.audit.scores), np.sort(fitted.audit.scores))
 
     # Export from Python: the standalone scorer agrees.
     folder = fitted.export(os.path.join(work, "export_from_python"), batch=4)

@@ -21,7 +21,7 @@ reject and false accept (images) and precision, recall, F1 and IoU (pixels) at t
 import csv
 import dataclasses
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
@@ -274,6 +274,21 @@ def write_audit(path: str, names: Sequence[str], cal: Calibration,
             row = [names[i], repr(float(cal.noise_scores[i])), int(ranks[i]),
                    int(cal.flagged[i])]
             w.writerow(row + ([int(injected[i])] if injected is not None else []))
+
+
+def read_audit(path: str) -> Optional[Tuple[List[str], np.ndarray, np.ndarray]]:
+    """An audit file of `write_audit` -> (names, scores, flagged) in its order (by rank); None
+    when there is none. One line naming the file when it cannot be read."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return ([r["file"] for r in rows], np.array([float(r["score"]) for r in rows]),
+                np.array([r["flagged"] == "1" for r in rows], bool))
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"cannot read the audit {path!r} ({type(e).__name__}: {e}); remove it "
+                         "or refit") from None
 
 
 def write_threshold(directory: str, cal: Calibration, settings: Settings) -> None:

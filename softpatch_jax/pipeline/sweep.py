@@ -57,7 +57,7 @@ def point_path(workdir, category, mode, ratio, entry):
 
 def point_config(config, mode, ratio, entry):
     """The run config of one point: the sweep's config with its noise and method set."""
-    c = config.copy_and_resolve_references()
+    c = upgrade(config)  # a copy whose number-or-auto fields take `auto` (upgrade.ANY_TYPE)
     with c.unlocked():
         c.noise.mode, c.noise.ratio = mode, ratio
         for dotted, value in methods.sweep_overrides(entry, c).items():

@@ -111,3 +111,18 @@ def test_a_sweep_variant_may_say_auto():
         "model.method": "softpatch", "denoise.discriminator": "lof", "denoise.ratio": "auto",
         "denoise.soft_weight": "auto"}
     assert methods.sweep_overrides("lof@ratio=0.2", c)["denoise.ratio"] == 0.2
+
+
+def test_a_sweep_point_takes_auto_and_keeps_every_other_field():
+    from softpatch_jax.pipeline import sweep
+
+    c = defaults.get_config()
+    c.sweep = defaults.sweep_section()
+    point = sweep.point_config(c, "overlap", 0.1, "lof@ratio=auto@soft_weight=auto")
+    assert point.denoise.ratio == "auto" and point.denoise.soft_weight == "auto"
+    plain = sweep.point_config(c, "overlap", 0.1, "lof").to_dict()
+    expected = c.copy_and_resolve_references().to_dict()
+    del expected["sweep"]
+    expected["noise"].update(mode="overlap", ratio=0.1)
+    expected["denoise"]["discriminator"] = "lof"
+    assert plain == expected
