@@ -121,6 +121,13 @@ def test_summary_lines():
     assert console.summary_lines({"a": {}}) == [
         "category  image AUROC  pixel AUROC  AUPRO  seconds",
         "a                   -            -      -        -"]
+    estimated = {"mono": {"image_auroc": 0.94, "contamination_images": 0.0, "seconds": 10.0},
+                 "poly": {"image_auroc": 0.72, "contamination_images": 0.125, "seconds": 20.0}}
+    assert console.summary_lines(estimated) == [
+        "category  image AUROC  pixel AUROC  AUPRO  est. defective     seconds",
+        "mono           0.9400            -      -          0.0000        10.0",
+        "poly           0.7200            -      -          0.1250        20.0",
+        "mean           0.8300            -      -          0.0625  30.0 total"]
     assert console.headline({"image_auroc": 0.5, "aupro": 0.25}) == (
         "image AUROC 0.5000, AUPRO 0.2500")
 
@@ -148,7 +155,10 @@ def test_the_command_line_is_quiet_and_logs_everything(mvtec_root, tmp_path, cac
     assert fit.returncode == 0, fit.stderr[-3000:]
     seen = _console_lines(fit.stdout + fit.stderr)
     assert len(seen) <= 8, seen
-    assert re.fullmatch(r"category +image AUROC +pixel AUROC +AUPRO +seconds", seen[-4]), seen
+    # SoftPatch estimates how contaminated the pile looks: its own column
+    assert re.fullmatch(r"category +image AUROC +pixel AUROC +AUPRO +est. defective +seconds",
+                        seen[-4]), seen
+    assert re.fullmatch(r"widget +[0-9.]+ +[0-9.]+ +[0-9.]+ +0\.[0-9]{4} +[0-9.]+", seen[-3]), seen
     assert seen[-2] == f"log: {work / 'run.log'}" and seen[-1] == f"report: {work / 'report.html'}"
     assert (work / "report.html").is_file()
     log = (work / "run.log").read_text()
