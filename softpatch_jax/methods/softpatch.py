@@ -41,12 +41,16 @@ def soft_sources() -> Tuple[str, ...]:
     return SOFT_SOURCES + tuple(discriminators.names())
 
 
-def denoise(scores: np.ndarray, ratio: float):
-    """Removes the share `ratio` (tau) of the patches above the global (1 - tau) quantile of
-    `scores`. Returns (sampling weights in {0,1}, soft weights)."""
+def require_finite(scores: np.ndarray) -> None:
     if not np.isfinite(scores).all():
         raise ValueError("the discriminator produced non-finite scores (degenerate training "
                          "features?); try another denoise.discriminator or more training images")
+
+
+def denoise(scores: np.ndarray, ratio: float):
+    """Removes the share `ratio` (tau) of the patches above the global (1 - tau) quantile of
+    `scores`. Returns (sampling weights in {0,1}, soft weights)."""
+    require_finite(scores)
     cut = np.quantile(scores.astype(np.float64), 1.0 - ratio)  # linear, as torch.quantile
     sampling = (scores <= cut).astype(np.float32)
     return sampling, np.maximum(scores, 0.0).astype(np.float32)
@@ -284,6 +288,7 @@ class SoftPatch(PatchCore):
                 grouping, share = self._resolve_grouping(features, key_disc)
                 scores = self._noise_scores(features, key_disc, self.discriminator, progress,
                                             grouping)
+                require_finite(scores)  # the discriminator's own message, before the estimate
                 estimate = contamination.estimate(scores)
                 ratio = applied_ratio(self.denoise_ratio, estimate)
                 sampling, soft = denoise(scores, ratio)
@@ -421,6 +426,7 @@ class SoftPatchPlus(SoftPatch):
                    for i, d in enumerate(self.fusion)]
             fused = fuse_ranks(raw, self.fusion_rule, self.rank_norm, self.fusion_weights)
             soft = self._soft_weights(raw, fused, features, key_disc, progress, grouping)
+            require_finite(raw[0])
             estimate = contamination.estimate(raw[0])  # the first fused discriminator's scores
             soft = applied_soft(soft, self.soft_mode, estimate)
             cls_tau = applied_ratio(self.cls_ratio, estimate)

@@ -126,3 +126,10 @@ def test_a_sweep_point_takes_auto_and_keeps_every_other_field():
     expected["noise"].update(mode="overlap", ratio=0.1)
     expected["denoise"]["discriminator"] = "lof"
     assert plain == expected
+
+
+def test_non_finite_discriminator_scores_keep_their_message():
+    with pytest.raises(ValueError, match="the discriminator produced non-finite scores"):
+        softpatch.require_finite(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="the discriminator produced non-finite scores"):
+        softpatch.denoise(np.array([[1.0, np.inf]]), 0.15)
