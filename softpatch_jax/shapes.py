@@ -44,13 +44,11 @@ def describe(size: Size) -> str:
 @dataclasses.dataclass(frozen=True)
 class Placement:
     """Where an image of (width, height) goes on a canvas: resized to `resized` (width, height),
-    then cut at (`cut_left`, `cut_top`) to the canvas (resize > 0) or pasted at (`left`, `top`)
-    into it (fit). `box` is (top, left, height, width) of the image's own pixels on the canvas."""
+    then cut at (`cut_left`, `cut_top`) to the canvas (resize > 0) or pasted into it (fit) so
+    that its pixels cover `box`, (top, left, height, width) on the canvas."""
     resized: Tuple[int, int]
     cut_left: int
     cut_top: int
-    left: int
-    top: int
     box: Tuple[int, int, int, int]
 
 
@@ -70,18 +68,18 @@ def placement(width: int, height: int, resize: int, size: Size) -> Placement:
                              f"{rh}x{rw} (height x width); lower data.image_size, raise "
                              "data.resize, or set data.resize=0 to fit the whole image")
         top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
-        return Placement(resized, left, top, 0, 0, (0, 0, ch, cw))
+        return Placement(resized, left, top, (0, 0, ch, cw))
     scale = min(ch / height, cw / width)
     rw = min(cw, max(1, int(round(width * scale))))
     rh = min(ch, max(1, int(round(height * scale))))
     top, left = (ch - rh) // 2, (cw - rw) // 2
-    return Placement((rw, rh), 0, 0, left, top, (top, left, rh, rw))
+    return Placement((rw, rh), 0, 0, (top, left, rh, rw))
 
 
 def tiles(size: Size, tile: Size) -> Tuple[int, int]:
     """(rows, columns) of tiles of `tile` on a canvas of `size`; tile 0: (1, 1). ValueError
     naming data.tile when the tiles do not cover the canvas exactly."""
-    if tile == 0 or tile == [0] or tile == (0,):
+    if tile == 0:
         return 1, 1
     (h, w), (th, tw) = hw(size), hw(tile)
     if th < 1 or tw < 1 or h % th or w % tw:

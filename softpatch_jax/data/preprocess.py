@@ -34,7 +34,8 @@ def place(img: Image.Image, resize: int, size, fill: str = "edge") -> np.ndarray
     if resize > 0:
         return np.asarray(img.crop((p.cut_left, p.cut_top, p.cut_left + cw, p.cut_top + ch)))
     a = np.asarray(img)
-    pads = ((p.top, ch - p.top - a.shape[0]), (p.left, cw - p.left - a.shape[1]))
+    top, left = p.box[:2]
+    pads = ((top, ch - top - a.shape[0]), (left, cw - left - a.shape[1]))
     return np.pad(a, pads + ((0, 0),) * (a.ndim - 2), mode=fill)
 
 
@@ -239,6 +240,8 @@ def normalised(img: Image.Image, resize: int, crop) -> np.ndarray:
 def canvas_box(item, resize: int, crop) -> Tuple[int, int, int, int]:
     """(top, left, height, width) of an item's own pixels on the canvas (a Sample, a path or
     an image array): the whole canvas when cropping, the fitted image when resize is 0."""
+    if resize > 0:  # a centre cut fills the canvas whatever the image's size: nothing to open
+        return (0, 0) + shapes.hw(crop)
     if isinstance(item, np.ndarray):
         w, h = item.shape[1], item.shape[0]
     elif isinstance(item, str):
@@ -259,8 +262,8 @@ def _load(item, resize, crop):
 def batches(samples: Sequence, batch_size: int, resize: int, crop,
             workers: int = 4) -> Iterator[Tuple[int, np.ndarray]]:
     """Yields (start, (n, H, W, 3) images) batches of Samples (or plain paths, or image arrays:
-    `array_image`), decoded ahead by a thread pool so that reading overlaps the backbone; only two batches are ever
-    in memory, never the whole dataset."""
+    `array_image`), decoded ahead by a thread pool so that reading overlaps the backbone; only
+    two batches are ever in memory, never the whole dataset."""
     paths = list(samples)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         pending = []
