@@ -59,8 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Patch-level denoising (softpatch; softpatch_plus reads all but discriminator and ratio).
     config.denoise = ml_collections.ConfigDict()
     config.denoise.discriminator = "lof"  # softpatch: none (PatchCore) | nearest | gaussian | lof
-    # share of the patches removed as noise, or auto: from the contamination estimate
-    # (evaluation/contamination.py: 1.5 x the estimated share of defective images, <= 0.5)
+    # share of the patches removed as noise, or auto: 1.5 x the share of defective images the
+    # audit finds after a provisional fit at 0.15, <= 0.5 (evaluation/contamination.py)
     config.denoise.ratio = ml_collections.FieldReference(0.15, field_type=object)
     config.denoise.lof_k = 6
     # Discriminator groups: position | neighbourhood | global, or '' for the method's own:

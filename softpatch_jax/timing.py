@@ -14,11 +14,11 @@ from typing import Dict, Iterator
 # result.json's stage_seconds, in the order a category runs them (absent where not run): the
 # check that every image decodes (before any compute; in a sweep, on a category's first point in
 # each process), FYD's alignment training, training features, the fit's stages (`fit` for methods
-# without finer ones), leave-own-image-out scores and thresholds, the training-set audit, the
-# checkpoint, test features, scoring with the maps, metrics and the report's assets. JSON files
-# sort their keys: show stages in this order.
-STAGES = ("image_check", "alignment", "features_train", "discriminator", "coreset", "fit",
-          "calibration", "audit", "checkpoint", "features_test", "scoring", "metrics",
+# without finer ones; `estimate` is an `auto` ratio's provisional fit), leave-own-image-out
+# scores and thresholds, the training-set audit, the checkpoint, test features, scoring with the
+# maps, metrics and the report's assets. JSON files sort their keys: show stages in this order.
+STAGES = ("image_check", "alignment", "features_train", "discriminator", "estimate", "coreset",
+          "fit", "calibration", "audit", "checkpoint", "features_test", "scoring", "metrics",
           "report_assets")
 
 

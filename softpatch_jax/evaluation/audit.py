@@ -64,9 +64,13 @@ def flag(scores: np.ndarray, contamination: Union[str, float] = "auto") -> np.nd
     if not 0.0 <= share < 1.0:
         raise ValueError(f"audit.contamination={contamination!r} must be 'auto' or a share in "
                          "[0, 1)")
-    n = int(round(share * scores.size))
-    flagged = np.zeros(scores.size, bool)
-    flagged[np.argsort(-scores, kind="stable")[:n]] = True
+    return flag_highest(scores, int(round(share * scores.size)))
+
+
+def flag_highest(scores: np.ndarray, n: int) -> np.ndarray:
+    """(B,) scores -> (B,) bool, the n highest flagged (ties broken by order)."""
+    flagged = np.zeros(np.size(scores), bool)
+    flagged[np.argsort(-np.asarray(scores, np.float64), kind="stable")[:n]] = True
     return flagged
 
 

@@ -53,11 +53,18 @@ class TrainingNoise:
     = more likely noise (a discriminator's scores, or SoftPatch+'s fused ranks), and `removed`
     (B, P) bool, the patches it kept out of the memory bank (None where it removes none);
     `estimate` the contamination estimate its denoising used (evaluation/contamination.py; None
-    where it used none) and `ratios` the removal ratios it applied, by config field."""
+    where it used none) and `ratios` the removal ratios it applied, by config field;
+    `estimate_scores` (B, P), the discriminator scores whose outliers the estimate counts as
+    defective patches, where they are not `patch_scores` (SoftPatch+: its first discriminator's)."""
     patch_scores: np.ndarray
     removed: Optional[np.ndarray] = None
     estimate: Optional[Any] = None
     ratios: Optional[Dict[str, float]] = None
+    estimate_scores: Optional[np.ndarray] = None
+
+    @property
+    def scores_for_estimate(self) -> np.ndarray:
+        return self.patch_scores if self.estimate_scores is None else self.estimate_scores
 
 
 class Method:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from softpatch_jax.evaluation import pruned
 from softpatch_jax.evaluation.pruned import BoundedGrids
 from softpatch_jax.methods.base import Features, FeatureSpec, Method, Scores
 from softpatch_jax.methods.registry import register
@@ -314,6 +315,18 @@ class PatchCore(Method):
             raise NotImplementedError("bank.reweight_neighbours > 0 has no leave-own-image-out "
                                       "scoring")
         return self.score(fitted, features, exclude=np.arange(len(features)))
+
+    def left_out_image_scores(self, bank: MemoryBank, features: Features) -> np.ndarray:
+        """(B,) each training image's score against `bank` without the entries taken from it
+        (`training_scores(...).image` of a one-bank fit, bit for bit): by bounds on CPU where
+        the scores are 1-NN without reweighting, as the calibration computes them."""
+        if (jax.default_backend() == "cpu" and self.reweight_neighbours == 0
+                and self.num_nn == 1 and bank.sources is not None):
+            return pruned.image_maxima(left_out_grids(features, bank, self.search,
+                                                      self.soft_weight, self.image_size,
+                                                      self.blur_sigma, self.budget_mb))
+        grids = self.bank_scores(bank, features, self.soft_weight, np.arange(len(features)))
+        return self.image_scores(bank, features, grids)
 
     def _left_out_banks(self, fitted):
         """(the bank of the image scores, the bank of the maps)."""

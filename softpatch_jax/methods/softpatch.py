@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from scipy.stats import rankdata
 
-from softpatch_jax.evaluation import contamination
+from softpatch_jax.evaluation import audit, contamination
 from softpatch_jax.methods.base import Features, Scores, TrainingNoise
 from softpatch_jax.methods.patchcore import (MemoryBank, PatchCore, bank_arrays, bank_options,
                                              build_bank)
@@ -35,6 +35,9 @@ RANK_NORMS = ("global", "position")
 # softpatch_plus.soft_source: these, or any registered discriminator's raw scores (e.g. lof).
 SOFT_SOURCES = ("first", "fused", "none")
 AUTO = "auto"  # a removal ratio or the soft weights from the contamination estimate
+# The removal ratio of the provisional fit that `auto` estimates the contamination from: the
+# fixed default (it removes the defects of a 10% pile, so the audit finds their images).
+PROVISIONAL_RATIO = 0.15
 
 
 def soft_sources() -> Tuple[str, ...]:
@@ -182,8 +185,9 @@ class FitDetails:
     coreset_indices: np.ndarray          # (M,) indices into the flattened B * P patches
     grouping: str = "position"           # the grouping the discriminators ran under
     aligned_share: Optional[float] = None  # grouping=auto: what decided it (grouping.resolve)
-    estimate: Optional[contamination.Estimate] = None  # from the discriminator's scores
+    estimate: Optional[contamination.Estimate] = None  # evaluation/contamination.py
     ratio: Optional[float] = None          # the removal ratio applied
+    estimate_scores: Optional[np.ndarray] = None  # (B, P) the estimate's, if not patch_scores
 
 
 # fold_in constant of the projection on which grouping=auto measures alignment (its own, so
@@ -289,14 +293,37 @@ class SoftPatch(PatchCore):
                 scores = self._noise_scores(features, key_disc, self.discriminator, progress,
                                             grouping)
                 require_finite(scores)  # the discriminator's own message, before the estimate
+        sampler = dataclasses.replace(self.sampler, progress=progress)
+        provisional = None
+        if scores is not None:
+            if AUTO in (self.denoise_ratio, self.soft_mode):
+                # The estimate the audit would give a provisional fit at the fixed ratio.
+                fixed = PROVISIONAL_RATIO if self.denoise_ratio == AUTO else self.denoise_ratio
+                with clock.stage("estimate"):
+                    sampling, soft = denoise(scores, fixed)
+                    provisional = build_bank(train, sampling, soft, self.coreset_ratio,
+                                             key_bank, sampler)
+                    estimate = self.provisional_estimate(provisional[0], features, scores)
+            else:
                 estimate = contamination.estimate(scores)
-                ratio = applied_ratio(self.denoise_ratio, estimate)
-                sampling, soft = denoise(scores, ratio)
-                soft = applied_soft(soft, self.soft_mode, estimate)
+            ratio = applied_ratio(self.denoise_ratio, estimate)
+            sampling, soft = denoise(scores, ratio)
+            tempered = applied_soft(soft, self.soft_mode, estimate)
+            if provisional is not None and (ratio != fixed or tempered is not soft):
+                provisional = None  # the final fit differs from the provisional one
+            soft = tempered
         with clock.stage("coreset"):
-            bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key_bank,
-                                   dataclasses.replace(self.sampler, progress=progress))
+            bank, idx = provisional or build_bank(train, sampling, soft, self.coreset_ratio,
+                                                  key_bank, sampler)
         return FitDetails(bank, scores, sampling, idx, grouping, share, estimate, ratio)
+
+    def provisional_estimate(self, bank: MemoryBank, features: Features,
+                             scores: np.ndarray) -> contamination.Estimate:
+        """The contamination estimate from a provisional one-bank fit: the training images the
+        audit's rule flags by their left-out scores against `bank`, and their outlying patches
+        in the (B, P) discriminator `scores` (evaluation/contamination.py)."""
+        left_out = self.left_out_image_scores(bank, features)
+        return contamination.estimate(scores, audit.flag(left_out, "auto"), "left_out")
 
     def fit(self, features: Features, key: jax.Array, learned=None,
             progress: bool = True) -> MemoryBank:
@@ -427,18 +454,27 @@ class SoftPatchPlus(SoftPatch):
             fused = fuse_ranks(raw, self.fusion_rule, self.rank_norm, self.fusion_weights)
             soft = self._soft_weights(raw, fused, features, key_disc, progress, grouping)
             require_finite(raw[0])
-            estimate = contamination.estimate(raw[0])  # the first fused discriminator's scores
-            soft = applied_soft(soft, self.soft_mode, estimate)
-            cls_tau = applied_ratio(self.cls_ratio, estimate)
-            # auto: the paper's segmentation share of its classification one, never below it
-            seg_tau = (max(cls_tau, applied_ratio(AUTO, estimate, contamination.SEG_FACTOR))
-                       if self.seg_ratio == AUTO else float(self.seg_ratio))
         sampler = dataclasses.replace(self.sampler, progress=progress)
         reduced = None
+        if self.coreset_ratio < 1.0 and self.shared_projection:  # one projection, 2 banks
+            with clock.stage("coreset"):
+                reduced = sampler.project(train, jax.random.split(key_bank)[0])
+        if AUTO in (self.cls_ratio, self.seg_ratio, self.soft_mode):
+            # The audit's estimate on a provisional classification bank at the fixed ratio.
+            fixed = PROVISIONAL_RATIO if self.cls_ratio == AUTO else self.cls_ratio
+            with clock.stage("estimate"):
+                provisional, _ = build_bank(train, denoise(fused, fixed)[0], soft,
+                                            self.coreset_ratio, key_bank, sampler, reduced)
+                estimate = self.provisional_estimate(provisional, features, raw[0])
+        else:  # the first fused discriminator's scores
+            estimate = contamination.estimate(raw[0])
+        soft = applied_soft(soft, self.soft_mode, estimate)
+        cls_tau = applied_ratio(self.cls_ratio, estimate)
+        # auto: the paper's segmentation share of its classification one, never below it
+        seg_tau = (max(cls_tau, applied_ratio(AUTO, estimate, contamination.SEG_FACTOR))
+                   if self.seg_ratio == AUTO else float(self.seg_ratio))
         details = []
         with clock.stage("coreset"):
-            if self.coreset_ratio < 1.0 and self.shared_projection:  # one projection, 2 banks
-                reduced = sampler.project(train, jax.random.split(key_bank)[0])
             for i, tau in enumerate((cls_tau, seg_tau)):
                 sampling, _ = denoise(fused, tau)
                 # Not shared: the segmentation bank draws its own projection and starts.
@@ -447,7 +483,7 @@ class SoftPatchPlus(SoftPatch):
                 bank, idx = build_bank(train, sampling, soft, self.coreset_ratio, key, sampler,
                                        reduced)
                 details.append(FitDetails(bank, fused, sampling, idx, grouping, share, estimate,
-                                          tau))
+                                          tau, raw[0]))
         return details[0], details[1]
 
     def fit(self, features: Features, key: jax.Array, learned=None,
@@ -461,7 +497,8 @@ class SoftPatchPlus(SoftPatch):
         ratios = {"softpatch_plus.cls_ratio": cls.ratio, "softpatch_plus.seg_ratio": seg.ratio}
         return TwoBanks(cls.bank, seg.bank), TrainingNoise(cls.patch_scores,
                                                            cls.sampling_weights == 0,
-                                                           cls.estimate, ratios)
+                                                           cls.estimate, ratios,
+                                                           cls.estimate_scores)
 
     def score(self, fitted: TwoBanks, features: Features,
               exclude: Optional[np.ndarray] = None) -> Scores:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import jax
 import numpy as np
 
-from softpatch_jax.evaluation import audit, metrics, pruned, thresholds
+from softpatch_jax.evaluation import audit, contamination, metrics, pruned, thresholds
 from softpatch_jax.files import write_json
 from softpatch_jax.methods.base import Features, Method, Scores, TrainingNoise
 from softpatch_jax.timing import NO_CLOCK, StageClock
@@ -220,6 +220,22 @@ def lof_noise(features: Features, key: jax.Array, settings: Settings) -> Trainin
                                       settings.projection_dim, settings.budget_mb))
 
 
+def flags(noise_scores: np.ndarray, contamination_field, estimate,
+          noise: Optional[TrainingNoise]):
+    """The audit's flags of the B training images by their (B,) noise scores, and the
+    contamination estimate the run reports, one number for both (evaluation/contamination.py):
+    under audit.contamination=auto, the fit's own estimate from left-out scores (an `auto`
+    ratio) sets how many of the highest are flagged; else the audit's rule flags them and is the
+    estimate. A fixed share flags that share and leaves the fit's estimate as it is."""
+    if contamination_field != "auto":
+        return audit.flag(noise_scores, contamination_field), estimate
+    if estimate is not None and estimate.source == "left_out":
+        return audit.flag_highest(noise_scores, int(estimate.flagged.sum())), estimate
+    flagged = audit.flag(noise_scores, "auto")
+    return flagged, contamination.estimate(None if noise is None else noise.scores_for_estimate,
+                                           flagged, "audit")
+
+
 def fit_and_calibrate(method: Method, features: Features, key: jax.Array, learned,
                       settings: Settings, seed: int = 0, clock: StageClock = NO_CLOCK):
     """The fit, the audit of its training images and the label-free thresholds -> (fitted
@@ -249,7 +265,8 @@ def fit_and_calibrate(method: Method, features: Features, key: jax.Array, learne
                     cal.noise_scores = audit.image_noise_scores(noise.patch_scores, noise.removed,
                                                                 rule, settings.quantile)
             if cal.noise_scores is not None:
-                cal.flagged = audit.flag(cal.noise_scores, settings.contamination)
+                cal.flagged, cal.contamination = flags(cal.noise_scores, settings.contamination,
+                                                       cal.contamination, noise)
     if scores is not None:
         with clock.stage("calibration"):
             keep = np.ones(len(features), bool) if cal.flagged is None else ~cal.flagged

@@ -54,3 +54,29 @@ def test_auto_ratio_floor_factor_and_ceiling():
     assert contamination.auto_ratio(0.1) == pytest.approx(0.15)
     assert contamination.auto_ratio(0.4) == 0.5
     assert contamination.auto_ratio(0.1, contamination.SEG_FACTOR) == 0.5
+
+
+def test_the_audit_and_the_estimate_give_one_number():
+    """decisions.flags: `auto` flags by the audit's rule and reports that share as the estimate;
+    an estimate from left-out scores (an `auto` ratio) sets how many of the highest are flagged;
+    a fixed share flags that share and keeps the fit's estimate."""
+    from softpatch_jax.methods.base import TrainingNoise
+    from softpatch_jax.pipeline import decisions
+
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(size=40), [9.0, 12.0]])
+    patch = np.exp(rng.normal(size=(42, 8)))
+    noise = TrainingNoise(patch)
+    fit_estimate = contamination.estimate(patch)
+    flagged, est = decisions.flags(scores, "auto", fit_estimate, noise)
+    np.testing.assert_array_equal(flagged, np.arange(42) >= 40)  # the two outliers
+    assert est.source == "audit" and est.images == 2 / 42
+    assert est.patches == contamination.estimate(patch, flagged).patches
+    flagged, est = decisions.flags(scores, "auto", None, None)
+    assert est.images == 2 / 42 and est.patches is None
+    left_out = contamination.Estimate(5 / 42, 0.0, np.arange(42) < 5, "left_out")
+    flagged, est = decisions.flags(scores, "auto", left_out, noise)
+    assert est is left_out and flagged.sum() == 5
+    np.testing.assert_array_equal(flagged, scores >= np.sort(scores)[-5])
+    flagged, est = decisions.flags(scores, 0.25, fit_estimate, noise)
+    assert est is fit_estimate and flagged.sum() == round(0.25 * 42)

@@ -115,3 +115,27 @@ def test_predict_gives_verdicts_masks_and_overlays(root, cache_dir, tmp_path):
         r["score"] >= cut for r in pred["images"]]
     with pytest.raises(ValueError, match="none of the 1 images"):
         predict.predict_images(work, [str(broken)])
+
+
+@pytest.mark.parametrize("fields", [{}, {"model.method": "patchcore"},
+                                    {"denoise.ratio": "auto"}])
+def test_one_number_for_the_audit_the_estimate_and_the_auto_ratio(root, cache_dir, tmp_path,
+                                                                   fields):
+    """result.json's estimated share of defective images is the audit's flagged share, for a
+    fixed ratio, for a method without denoising, and for an `auto` ratio (which it sets)."""
+    c = _config(root, cache_dir)
+    c.update_from_flattened_dict(fields)
+    split = evaluate.prepare_split(c, "gizmo")
+    result = _run(c, split, str(tmp_path / "a"))
+    n = len(split.train)
+    assert result["contamination_images"] * n == pytest.approx(result["audit_flagged"])
+    with open(tmp_path / "a" / "audit_gizmo.csv") as f:
+        assert sum(int(r["flagged"]) for r in csv.DictReader(f)) == result["audit_flagged"]
+    # the provisional fit has its own stage seconds
+    assert ("estimate" in result["stage_seconds"]) == (fields.get("denoise.ratio") == "auto")
+    if fields.get("denoise.ratio") == "auto":
+        assert result["contamination_source"] == "left_out"
+        assert result["denoise_ratios"]["denoise.ratio"] == pytest.approx(
+            min(0.5, 1.5 * result["contamination_images"]))
+    else:
+        assert result["contamination_source"] == "audit"
