@@ -40,11 +40,35 @@ def data_fingerprint(samples: Sequence) -> str:
     return fingerprint({"samples": [s.stamp() for s in samples]})
 
 
+# Fields whose `auto` reads the contamination estimate, and the estimate's version: a result of
+# such a config is also a result of the estimate, so a stored one from another estimate is
+# recomputed (estimate 2: the audit's count on a provisional fit, not the LOF patch maxima).
+AUTO_ESTIMATE_FIELDS = ("denoise.ratio", "denoise.soft_weight", "softpatch_plus.cls_ratio",
+                        "softpatch_plus.seg_ratio")
+ESTIMATE_VERSION = "estimate-2"
+
+
+def results_version(fields: Dict[str, object]) -> str:
+    """RESULTS_VERSION, with the estimate's version where a field reads it (`auto`)."""
+    if any(fields.get(k) == "auto" for k in AUTO_ESTIMATE_FIELDS):
+        return f"{RESULTS_VERSION}+{ESTIMATE_VERSION}"
+    return RESULTS_VERSION
+
+
+def comparable_version(record: dict) -> str:
+    """A stored record's results version as the points of one sweep compare it: RESULTS_VERSION
+    where it is what today's code would record for its config (points may differ in whether
+    they read the estimate), else what it says, marked."""
+    version = record.get("version")
+    today = results_version(upgrade_flat(record.get("config") or {}))
+    return RESULTS_VERSION if version == today else f"{version} (today: {today})"
+
+
 def record(config, samples: Sequence) -> dict:
     """The provenance stored with a result computed by `config` on `samples`."""
     fields = result_config(config)
     return {"config_fingerprint": fingerprint(fields), "data_fingerprint": data_fingerprint(samples),
-            "version": RESULTS_VERSION, "config": fields}
+            "version": results_version(fields), "config": fields}
 
 
 def differences(stored: dict, current: dict, limit: int = 3) -> List[str]:

@@ -115,7 +115,7 @@ def _base(record: dict, varied=()) -> dict:
     (POINT_FIELDS, and `varied`: the model fields its entries set, `_entry_fields`)."""
     config = {k: v for k, v in upgrade_flat(record.get("config") or {}).items()
               if k not in POINT_FIELDS and k not in varied}
-    return {"config": config, "version": record.get("version"),
+    return {"config": config, "version": provenance.comparable_version(record),
             "config_fingerprint": fingerprint(config)}
 
 

@@ -157,3 +157,23 @@ def test_non_finite_discriminator_scores_keep_their_message():
         softpatch.require_finite(np.array([[1.0, np.nan]]))
     with pytest.raises(ValueError, match="the discriminator produced non-finite scores"):
         softpatch.denoise(np.array([[1.0, np.inf]]), 0.15)
+
+
+def test_a_result_that_reads_the_estimate_carries_its_version():
+    """Configs that set a field to `auto` record the estimate's version with the results
+    version, so a stored point from another estimate is recomputed; fixed configs record
+    RESULTS_VERSION alone (their results are unchanged), and the points of one sweep, which
+    differ in whether they read the estimate, still compare equal."""
+    from softpatch_jax import RESULTS_VERSION
+    from softpatch_jax.pipeline import provenance, sweep
+
+    c = defaults.get_config()
+    c.sweep = defaults.sweep_section()
+    fixed = provenance.record(sweep.point_config(c, "overlap", 0.1, "lof"), [])
+    auto = provenance.record(sweep.point_config(c, "overlap", 0.1, "lof@ratio=auto"), [])
+    assert fixed["version"] == RESULTS_VERSION
+    assert auto["version"] == f"{RESULTS_VERSION}+{provenance.ESTIMATE_VERSION}"
+    older = dict(auto, version=RESULTS_VERSION)  # an `auto` point of the first estimate
+    assert provenance.differences(older, auto)[0].startswith("results version")
+    assert provenance.comparable_version(auto) == provenance.comparable_version(fixed)
+    assert provenance.comparable_version(older) != provenance.comparable_version(fixed)
