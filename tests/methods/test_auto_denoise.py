@@ -103,15 +103,19 @@ def test_soft_weight_variants_against_numpy():
 
 
 def test_softpatch_plus_auto_ratios():
+    """SoftPatch+'s estimate is the audit's rule on left-out scores against its classification
+    bank at the fixed 0.15 (brute force here); the ratios follow it."""
     x, bad, _ = contaminated_pile(40, 0.1, seed=8)
-    plus = _method(softpatch.SoftPatchPlus, fusion=("lof", "gaussian"), cls_ratio="auto",
-                   seg_ratio="auto")
-    cls, seg = plus.fit_details(Features(x, GRID), jax.random.PRNGKey(3), False)
-    e = contamination.estimate(
-        softpatch.noise_scores(x, jax.random.fold_in(jax.random.split(jax.random.PRNGKey(3))[0],
-                                                     0), "lof", 6, 16, grouping="position",
-                               grid=GRID)).images
-    assert cls.estimate.images == e and abs(e - bad.mean()) <= 0.03
+    key = jax.random.PRNGKey(3)
+    kw = dict(fusion=("lof", "gaussian"), grouping="position")
+    plus = _method(softpatch.SoftPatchPlus, cls_ratio="auto", seg_ratio="auto", **kw)
+    cls, seg = plus.fit_details(Features(x, GRID), key, False)
+    provisional, _ = _method(softpatch.SoftPatchPlus, cls_ratio=0.15, **kw).fit_details(
+        Features(x, GRID), key, False)
+    flagged = _modified_z_flags(_left_out_numpy(x, provisional.bank))
+    np.testing.assert_array_equal(cls.estimate.flagged, flagged)
+    e = cls.estimate.images
+    assert e == flagged.mean() and abs(e - bad.mean()) <= 0.03
     assert cls.ratio == pytest.approx(1.5 * e)
     assert seg.ratio == pytest.approx(max(cls.ratio, min(0.5, 5.0 * e)))
 
