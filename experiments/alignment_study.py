@@ -11,7 +11,9 @@ sweeps skip finished points, so a rerun with more entries computes only the new 
 features are cached per dataset). `transistor_rotated` is generated first when missing
 (softpatch_jax/data/rotated.py; a no-op when present). After every sweep <root>/study.md is
 rewritten from the finished points of every dataset folder (`pipeline.sweep.finished_points`):
-dataset x setting rows, method columns, one table per metric, and the seconds per point.
+dataset x setting rows, method columns, one table per metric, the seconds per point, and the
+goals `sweep.goals` names: issue 17's (`alignment`) or issue 27's (`contamination`,
+configs/sweeps/contamination.py: fixed against `auto` denoising ratios).
 
 The study's config is pinned at its first run (<root>/study_config.json, the flat fields other
 than sweep.*): configs/ keeps gaining fields while the study runs, and a field that appears (or
@@ -230,7 +232,10 @@ def study_markdown(config, rows) -> str:
     seconds per point."""
     columns = _columns(config, rows)
     order = _row_order(config, rows)
-    lines = ["# Alignment study (issue 17)", ""] + caption(config)
+    goals = config.sweep.get("goals", "alignment")
+    if goals not in GOALS:
+        raise ValueError(f"sweep.goals={goals!r} is unknown; choose one of {', '.join(GOALS)}")
+    lines = [f"# {GOALS[goals][0]}", ""] + caption(config)
     for metric in TABLE_METRICS:
         cells = {row: {} for row in order}
         for r in rows:
@@ -250,7 +255,7 @@ def study_markdown(config, rows) -> str:
         lines.append(f"| {d} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in means)
                      + " |")
     lines.append("")
-    lines += goals_markdown(config, rows)
+    lines += GOALS[goals][1](config, rows)
     return "\n".join(lines) + "\n"
 
 
@@ -460,6 +465,83 @@ def _loss_table(cells, keys, base: str, new: str, tol: float, metrics, goal: str
         misses += [] if met else [f"{goal} {k}"]
         lines.append(f"| {k} | " + " | ".join(parts) + f" | {'yes' if met else '**no**'} |")
     return lines
+
+
+# Issue 27's goals: image AUROC within a tolerance of clean PatchCore by setting, and an `auto`
+# entry's estimate within ESTIMATE_TOLERANCE of the true share of defective training images.
+CLEAN_TOLERANCE, NOISY_ALIGNED, NOISY_MISALIGNED, DENSE_TOLERANCE = 0.005, 0.01, 0.02, 0.03
+ESTIMATE_TOLERANCE = 0.03
+
+
+def _contamination_tolerance(cell, aligned) -> "float | None":
+    """The goal's tolerance for a cell: noise 0, 0.1 (either mode; aligned or not) and 0.4
+    overlap_repeat; None where the issue sets no goal."""
+    if cell["ratio"] == 0.0:
+        return CLEAN_TOLERANCE
+    if cell["ratio"] == 0.1 and cell["mode"] in ("no_overlap", "overlap"):
+        return NOISY_ALIGNED if cell["dataset"] in aligned else NOISY_MISALIGNED
+    if cell["ratio"] == 0.4 and cell["mode"] == "overlap_repeat":
+        return DENSE_TOLERANCE
+    return None
+
+
+def contamination_goals_markdown(config, rows) -> List[str]:
+    """Issue 27's goals, cell by cell, for every entry but PatchCore: image AUROC against clean
+    PatchCore, and each `auto` entry's estimate against the truth."""
+    cells = _cells(rows)
+    aligned = set(comma_list(config.sweep.aligned))
+    entries = [m for m in _columns(config, rows) if m not in ("none", "patchcore")]
+    f = report.fmt
+    misses = []
+    lines = ["## Goals (issue 27)", "",
+             f"Image AUROC against clean PatchCore: within {CLEAN_TOLERANCE:g} at noise 0, "
+             f"{NOISY_ALIGNED:g} (aligned: {', '.join(sorted(aligned))}) or {NOISY_MISALIGNED:g} "
+             f"(the others) at 0.1 in either mode, {DENSE_TOLERANCE:g} at 0.4 overlap_repeat. "
+             "Each entry's value, with its gap (clean PatchCore - entry).", "",
+             "| cell | clean PatchCore | tolerance | " + " | ".join(entries) + " |",
+             "|---" * (3 + len(entries)) + "|"]
+    for k, c in cells.items():
+        tol = _contamination_tolerance(c, aligned)
+        if tol is None:
+            continue
+        clean = (_clean_patchcore(cells, c, config.sweep.reference) or {}).get("image_auroc")
+        parts = []
+        for e in entries:
+            v = _value(c, e, "image_auroc")
+            if v is None or clean is None:
+                parts.append(f(v))
+                continue
+            met = clean - v <= tol + 1e-12
+            misses += [] if met else [f"{e} {k}"]
+            parts.append(f"{v:.4f} ({clean - v:+.4f}{'' if met else ' **missed**'})")
+        lines.append(f"| {k} | {f(clean)} | {tol:g} | " + " | ".join(parts) + " |")
+    auto = [e for e in entries if "=auto" in e]
+    lines += ["", f"The estimated share of defective training images (`contamination_images`) of "
+              f"the `auto` entries against the true share, within {ESTIMATE_TOLERANCE:g}.", "",
+              "| cell | true | " + " | ".join(auto) + " |", "|---" * (2 + len(auto)) + "|"]
+    for k, c in cells.items():
+        points = [c["m"].get(e) for e in auto]
+        known = [p for p in points if p is not None and p.get("n_noise") is not None]
+        if not known:
+            continue
+        true = known[0]["n_noise"] / (known[0]["n_noise"] + known[0]["n_train_clean"])
+        parts = []
+        for e, p in zip(auto, points):
+            est = None if p is None else p.get("contamination_images")
+            if est is None:
+                parts.append("-")
+                continue
+            met = abs(est - true) <= ESTIMATE_TOLERANCE + 1e-12
+            misses += [] if met else [f"estimate {e} {k}"]
+            parts.append(f"{est:.3f}{'' if met else ' **missed**'}")
+        lines.append(f"| {k} | {true:.3f} | " + " | ".join(parts) + " |")
+    lines += ["", "Cells that miss: " + ("; ".join(misses) if misses else "none"), ""]
+    return lines
+
+
+# sweep.goals: study.md's title and the goals it checks.
+GOALS = {"alignment": ("Alignment study (issue 17)", goals_markdown),
+         "contamination": ("Contamination study (issue 27)", contamination_goals_markdown)}
 
 
 def write_study(config, root: str) -> str:

@@ -42,6 +42,9 @@ def get_config():
     # The defaults the goals are checked for, one entry per family, where they were chosen
     # otherwise than by the rule ('' = the rule's picks). docs/studies.md: why SoftPatch+ takes auto.
     s.chosen = "lof,softpatch_plus@grouping=auto"
+    # Whose goals study.md checks: alignment (issue 17's) | contamination (issue 27's,
+    # configs/sweeps/contamination.py).
+    s.goals = "alignment"
     # transistor_rotated is generated (softpatch_jax/data/rotated.py) from this category into
     # its data.root, each image turned by a seeded angle in [-180, 180).
     s.rotate_source = "../shared/data/mvtec_ad/transistor"

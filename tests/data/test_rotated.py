@@ -297,3 +297,43 @@ def test_rule_picks_the_best_mean_that_keeps_the_aligned_cells():
     values3 = {k: {**per, nb: (per["lof"][0] + 0.0005, per["lof"][1])}
                for k, per in values.items()}
     assert study.choose_default(config, _rows(values3), "lof")[0] == "lof"
+
+
+def test_contamination_goals_cell_by_cell():
+    """sweep.goals=contamination (configs/sweeps/contamination.py): each entry's image AUROC
+    against clean PatchCore with the issue's tolerance per setting, and the `auto` entries'
+    estimates against the true share; misses listed."""
+    from experiments import alignment_study as study
+
+    config = load_config("sweeps/contamination.py")
+    auto = "lof@ratio=auto@soft_weight=auto"
+    with config.unlocked():
+        config.sweep.discriminators = f"none,lof,{auto}"
+    values = {
+        ("transistor", "transistor", 0.0, "no_overlap"): {
+            "patchcore": (0.990, 0.94), "lof": (0.982, 0.94), auto: (0.988, 0.94)},
+        ("transistor", "transistor", 0.1, "overlap"): {
+            "none": (0.56, 0.46), "lof": (0.983, 0.90), auto: (0.976, 0.83)},
+        ("fryum", "fryum", 0.0, "no_overlap"): {"patchcore": (0.909, 0.93), auto: (0.930, 0.93)},
+        ("fryum", "fryum", 0.1, "overlap"): {auto: (0.893, 0.88)},
+        ("transistor", "transistor", 0.2, "overlap_repeat"): {auto: (0.5, 0.5)}}
+    rows = _rows(values)
+    for r in rows:
+        if r["method"] == auto:
+            r.update(n_noise=10 if r["ratio"] else 0, n_train_clean=90,
+                     contamination_images=0.05 if r["ratio"] else 0.0)
+    text = study.study_markdown(config, rows)
+    assert text.startswith("# Contamination study (issue 27)")
+    goals = text.split("## Goals (issue 27)")[1]
+    assert "| transistor, 0 no_overlap | 0.9900 | 0.005 | 0.9820 (+0.0080 **missed**) | " \
+           "0.9880 (+0.0020) |" in goals
+    assert "| transistor, 0.1 overlap | 0.9900 | 0.01 | 0.9830 (+0.0070) | " \
+           "0.9760 (+0.0140 **missed**) |" in goals
+    assert "| fryum, 0.1 overlap | 0.9090 | 0.02 | - | 0.8930 (+0.0160) |" in goals
+    assert "0.2 overlap_repeat | 0.99" not in goals  # no goal at 0.2
+    assert "| transistor, 0.1 overlap | 0.100 | 0.050 **missed** |" in goals
+    assert "| transistor, 0 no_overlap | 0.000 | 0.000 |" in goals
+    assert goals.split("Cells that miss: ")[1].strip().split("; ") == [
+        "lof transistor, 0 no_overlap", f"{auto} transistor, 0.1 overlap",
+        f"estimate {auto} transistor, 0.1 overlap", f"estimate {auto} fryum, 0.1 overlap",
+        f"estimate {auto} transistor, 0.2 overlap_repeat"]  # the estimate's goal: every cell
