@@ -232,10 +232,8 @@ def study_markdown(config, rows) -> str:
     seconds per point."""
     columns = _columns(config, rows)
     order = _row_order(config, rows)
-    goals = config.sweep.get("goals", "alignment")
-    if goals not in GOALS:
-        raise ValueError(f"sweep.goals={goals!r} is unknown; choose one of {', '.join(GOALS)}")
-    lines = [f"# {GOALS[goals][0]}", ""] + caption(config)
+    title, goals_lines = study_goals(config)
+    lines = [f"# {title}", ""] + caption(config)
     for metric in TABLE_METRICS:
         cells = {row: {} for row in order}
         for r in rows:
@@ -255,7 +253,7 @@ def study_markdown(config, rows) -> str:
         lines.append(f"| {d} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in means)
                      + " |")
     lines.append("")
-    lines += GOALS[goals][1](config, rows)
+    lines += goals_lines(config, rows)
     return "\n".join(lines) + "\n"
 
 
@@ -544,6 +542,14 @@ GOALS = {"alignment": ("Alignment study (issue 17)", goals_markdown),
          "contamination": ("Contamination study (issue 27)", contamination_goals_markdown)}
 
 
+def study_goals(config):
+    """(study.md's title, the goals' markdown function) of sweep.goals; one line if unknown."""
+    goals = config.sweep.get("goals", "alignment")
+    if goals not in GOALS:
+        raise ValueError(f"sweep.goals={goals!r} is unknown; choose one of {', '.join(GOALS)}")
+    return GOALS[goals]
+
+
 def write_study(config, root: str) -> str:
     path = os.path.join(root, "study.md")
     rows = study_rows(config, root)
@@ -565,6 +571,7 @@ def check_study_fields(config) -> None:
             if name not in schema.sweep.data:
                 schema.sweep.data[name] = template
     validation.check_known_fields(config, schema)
+    study_goals(config)  # before any sweep computes
 
 
 def run_study(config, root: str) -> str:

@@ -136,11 +136,12 @@ def query_scores(queries: np.ndarray, bank: MemoryBank, search, soft_weight: boo
 
 
 def left_out_grids(features, bank: MemoryBank, search, soft_weight: bool, image_size: int,
-                   blur_sigma: float, budget_mb: float = 1024) -> BoundedGrids:
+                   blur_sigma: float, budget_mb: float = 1024,
+                   stage: str = "calibration") -> BoundedGrids:
     """Certified upper bounds on the (B, h, w) left-out patch scores of the B training images in
     `features` against `bank` (1 nearest neighbour): by grid position where the bank records its
     entries' positions, a sketch search on demand, and exact scores on demand
-    (evaluation/pruned.py; ops/leave_out.py)."""
+    (evaluation/pruned.py; ops/leave_out.py). `stage` names the progress bars."""
     if bank.sources is None:
         raise NotImplementedError("the memory bank does not record its entries' source images "
                                   "(a model saved by an earlier version)")
@@ -158,10 +159,10 @@ def left_out_grids(features, bank: MemoryBank, search, soft_weight: bool, image_
     def exact(idx: np.ndarray) -> np.ndarray:
         padded = np.concatenate([idx, np.repeat(idx[-1:], max(0, rows - len(idx)))])
         return query_scores(queries[padded], bank, search, soft_weight, 1, groups[padded],
-                            budget_mb, "calibration: left-out scores", prepared)[:len(idx)]
+                            budget_mb, f"{stage}: left-out scores", prepared)[:len(idx)]
 
     def sketched(idx: np.ndarray) -> np.ndarray:
-        return sketch(queries[idx], groups[idx], "calibration: bounds")
+        return sketch(queries[idx], groups[idx], f"{stage}: bounds")
 
     shape = (b,) + tuple(features.grid)
     if bank.positions is None:  # a bank saved before positions were recorded
@@ -316,17 +317,28 @@ class PatchCore(Method):
                                       "scoring")
         return self.score(fitted, features, exclude=np.arange(len(features)))
 
-    def left_out_image_scores(self, bank: MemoryBank, features: Features) -> np.ndarray:
+    def left_out_image_scores(self, bank: MemoryBank, features: Features,
+                              stage: str = "estimate") -> np.ndarray:
         """(B,) each training image's score against `bank` without the entries taken from it
         (`training_scores(...).image` of a one-bank fit, bit for bit): by bounds on CPU where
-        the scores are 1-NN without reweighting, as the calibration computes them."""
-        if (jax.default_backend() == "cpu" and self.reweight_neighbours == 0
-                and self.num_nn == 1 and bank.sources is not None):
-            return pruned.image_maxima(left_out_grids(features, bank, self.search,
-                                                      self.soft_weight, self.image_size,
-                                                      self.blur_sigma, self.budget_mb))
-        grids = self.bank_scores(bank, features, self.soft_weight, np.arange(len(features)))
+        the method has them, as the calibration computes them. `stage` names the progress bars."""
+        if jax.default_backend() == "cpu":
+            try:
+                return pruned.image_maxima(self._bank_bounds(bank, features, stage))
+            except NotImplementedError:
+                pass
+        grids = self.bank_scores(bank, features, self.soft_weight, np.arange(len(features)),
+                                 f"{stage}: left-out scores")
         return self.image_scores(bank, features, grids)
+
+    def _bank_bounds(self, bank: MemoryBank, features: Features,
+                     stage: str = "calibration") -> BoundedGrids:
+        """`left_out_grids` of one bank with this method's search and weights;
+        NotImplementedError where its scores have no bounds."""
+        if self.reweight_neighbours > 0 or self.num_nn != 1:
+            raise NotImplementedError("bounds are for 1-NN scores without reweighting")
+        return left_out_grids(features, bank, self.search, self.soft_weight, self.image_size,
+                              self.blur_sigma, self.budget_mb, stage)
 
     def _left_out_banks(self, fitted):
         """(the bank of the image scores, the bank of the maps)."""
@@ -335,11 +347,8 @@ class PatchCore(Method):
     def training_bounds(self, fitted, features: Features):
         """The left-out patch scores of `training_scores` as BoundedGrids, exact on demand:
         (those of the image scores, those of the maps; one object when one bank gives both)."""
-        if self.reweight_neighbours > 0 or self.num_nn != 1:
-            raise NotImplementedError("bounds are for 1-NN scores without reweighting")
         image_bank, map_bank = self._left_out_banks(fitted)
-        grids = [left_out_grids(features, bank, self.search, self.soft_weight, self.image_size,
-                                self.blur_sigma, self.budget_mb)
+        grids = [self._bank_bounds(bank, features)
                  for bank in ((image_bank,) if map_bank is image_bank else (image_bank, map_bank))]
         return grids[0], grids[-1]
 
