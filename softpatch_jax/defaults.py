@@ -118,6 +118,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.fyd.pred_dim = 64
     config.fyd.checkpoint_every = 1       # epochs
 
+    # InReaCh (model.method=inreach): channels of mutual nearest neighbours across training
+    # images, filtered by span and spread, as the memory bank (docs/methods.md, "InReaCh").
+    config.inreach = ml_collections.ConfigDict()
+    config.inreach.seeds = 10             # seed images (the first ones; official assoc_depth)
+    config.inreach.min_channel_length = 3  # a channel spans more than this many images
+    config.inreach.max_channel_std = 5.0  # members within this many spreads of the mean stay
+    config.inreach.spread = "spherical"   # spherical: sqrt(mean |x - m|^2) | code: std of |x - m|
+    config.inreach.position_weight = 5.0  # positional embedding's weight (0: none)
+    config.inreach.position_test = True   # embed only where the mean training image is asymmetric
+    config.inreach.position_threshold = 1000.0  # that test's mean squared difference (0-255)
+    config.inreach.blur_sigma = 13.0      # map blur (pixels at data.image_size; model.blur_sigma
+    #                                       is the other methods')
+
     # The training-set audit (which training images are defective) and the label-free decision
     # thresholds (pipeline/decisions.py); no test label is read for either.
     config.audit = ml_collections.ConfigDict()

@@ -68,6 +68,17 @@ ADDED: Dict[str, object] = {
     "data.tile": 0,
 }
 
+# Sections added whole since 0.3.0: a stored config (one with a model section) that lacks one
+# meant its defaults (softpatch_jax/defaults.py), which no method it could name read.
+ADDED_SECTIONS = ("inreach",)
+
+
+def _added_section(section: str) -> dict:
+    from softpatch_jax import defaults  # ground floor, beside this module
+
+    return defaults.get_config()[section].to_dict()
+
+
 # Fields that take more than one type (N or (height, width); a number or auto): ml_collections
 # would otherwise refuse a pair or `auto` where the stored value is a number.
 ANY_TYPE = ("data.image_size", "data.tile", "denoise.ratio", "denoise.soft_weight",
@@ -112,6 +123,9 @@ def upgrade(config) -> ml_collections.ConfigDict:
         section, name = dotted.split(".")
         if section in tree:
             tree[section].setdefault(name, value)
+    for section in ADDED_SECTIONS:
+        if "model" in tree and section not in tree:
+            tree[section] = _added_section(section)
     for dotted in ANY_TYPE:
         section, name = dotted.split(".")
         if name in tree.get(section, {}):
@@ -122,12 +136,16 @@ def upgrade(config) -> ml_collections.ConfigDict:
 
 def upgrade_flat(fields: dict) -> dict:
     """A flat config ({'model.threshold': 0.15, ...}, as results store it) with today's names
-    and the fields added since (`ADDED`) filled in where its section is there."""
+    and the fields added since (`ADDED`, `ADDED_SECTIONS`) filled in where its section is
+    there."""
     out = {RENAMED.get(k, k): v for k, v in fields.items()}
     sections = {k.split(".", 1)[0] for k in out}
     for dotted, value in ADDED.items():
         if dotted.split(".", 1)[0] in sections:
             out.setdefault(dotted, value)
+    for section in ADDED_SECTIONS:
+        if "model" in sections and section not in sections:
+            out.update({f"{section}.{k}": v for k, v in _added_section(section).items()})
     return out
 
 

@@ -93,9 +93,21 @@ def test_flat_records_and_command_line_names():
     assert upgrade.upgrade_flat({"model.threshold": 0.15, "model.method": "softpatch",
                                  "data.name": "elpv"}) == {
         "denoise.ratio": 0.15, "model.method": "softpatch", "data.name": "elpv",
-        "data.tile": 0}  # added in 0.3.1: what a record without it meant
+        "data.tile": 0,  # added in 0.3.1: what a record without it meant
+        # a section added whole (InReaCh's): its defaults, which no method it named read
+        **{f"inreach.{k}": v for k, v in defaults.get_config().inreach.items()}}
     assert upgrade.renamed_override("model.grouping") == "denoise.grouping"
     assert upgrade.renamed_override("model.method") == ""
+
+
+def test_a_record_from_before_a_section_was_added_has_no_differences():
+    today = ml_collections.ConfigDict(_today())
+    record = provenance.record(today, [])
+    before = dict(record, config={k: v for k, v in record["config"].items()
+                                  if not k.startswith("inreach.")})
+    assert provenance.differences(before, record) == []
+    assert upgrade.upgrade({k: v for k, v in today.to_dict().items() if k != "inreach"}
+                           ).inreach.to_dict() == today.inreach.to_dict()
 
 
 def test_a_0_2_record_of_the_same_config_has_no_differences():

@@ -8,12 +8,14 @@
   scores and a segmentation bank (`softpatch_plus.seg_ratio`) for maps.
 - `padim`: a Gaussian per position over `padim.dim` random channels of `padim.layers`.
 - `fyd`: PaDiM on maps aligned by spatial transformers trained on the training images.
+- `inreach`: InReaCh, a memory bank of the training patches that mutual nearest neighbours
+  chain into channels spanning enough images (`inreach.*`).
 
 Adding a method: a `Method` subclass (methods/base.py) in a new module and `register(cls)`;
 adding a discriminator: a scorer and `ops.discriminators.register(name, ...)`.
 """
 from softpatch_jax import upgrade
-from softpatch_jax.methods import fyd, padim, patchcore, softpatch  # noqa: F401 (registration)
+from softpatch_jax.methods import fyd, inreach, padim, patchcore, softpatch  # noqa: F401
 from softpatch_jax.methods.base import Features, FeatureSpec, Method, Scores  # noqa: F401
 from softpatch_jax.methods.registry import get, names, register  # noqa: F401
 from softpatch_jax.ops import discriminators
@@ -59,7 +61,8 @@ def sweep_overrides(entry: str, config=None) -> dict:
 
 # Sections a sweep variant may set (the method is the entry's name), with those registered
 # methods declare (Method.config_fields).
-VARIANT_SECTIONS = ("model", "backbone", "bank", "denoise", "softpatch_plus", "padim", "fyd")
+VARIANT_SECTIONS = ("model", "backbone", "bank", "denoise", "softpatch_plus", "padim", "fyd",
+                    "inreach")
 
 
 def _variant_sections() -> tuple:

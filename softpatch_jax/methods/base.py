@@ -79,6 +79,8 @@ class Method:
     # misspelt. The default is what from_config reads when a config lacks the field.
     config_fields: ClassVar[Dict[str, Dict[str, Any]]] = {}
     features: FeatureSpec
+    # The stage `prepare` is timed as in result.json's stage_seconds (where it learns anything).
+    prepare_stage: ClassVar[str] = "alignment"
 
     @classmethod
     def from_config(cls, config) -> "Method":

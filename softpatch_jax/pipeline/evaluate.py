@@ -129,10 +129,10 @@ def fit_category(method: methods.Method, train_samples: Sequence, extractor, dat
     fit's, 'calibration', 'audit')."""
     d = data_config
     t0 = time.time()
-    with clock.stage("alignment"):
+    with clock.stage(method.prepare_stage):
         extractor, learned = method.prepare(train_samples, extractor, directory, key)
     if learned is None:
-        clock.seconds.pop("alignment", None)
+        clock.seconds.pop(method.prepare_stage, None)
     t1 = time.time()
     with clock.stage("features_train"):
         train = extractor.extract(train_samples, d.resize, d.image_size, d.batch_size,
@@ -147,7 +147,7 @@ def fit_category(method: methods.Method, train_samples: Sequence, extractor, dat
                                                          seed, clock)
     del train
     seconds = dict(seconds_features_train=round(t2 - t1, 2), seconds_fit=round(time.time() - t2, 2))
-    if learned is not None:
+    if learned is not None and method.prepare_stage == "alignment":
         seconds["seconds_train_alignment"] = round(t1 - t0, 2)
     return Fitted(state, extractor, seconds, calibration)
 

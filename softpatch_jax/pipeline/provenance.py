@@ -6,6 +6,8 @@ field names (`upgrade.upgrade_flat`), so a 0.2 result of the same config is reco
 """
 from typing import Dict, List, Sequence
 
+import ml_collections
+
 from softpatch_jax.files import fingerprint
 from softpatch_jax.upgrade import upgrade_flat
 from softpatch_jax.version import RESULTS_VERSION
@@ -26,6 +28,18 @@ def flatten(tree: dict, prefix: str = "") -> Dict[str, object]:
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def unflatten(fields: Dict[str, object]) -> dict:
+    """The inverse of `flatten`: {'a.b': 1} -> {'a': {'b': 1}}."""
+    tree: dict = {}
+    for dotted, value in fields.items():
+        *path, leaf = dotted.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
 
 
 def result_config(config, drop: Sequence[str] = ()) -> Dict[str, object]:
@@ -69,6 +83,16 @@ def record(config, samples: Sequence) -> dict:
     fields = result_config(config)
     return {"config_fingerprint": fingerprint(fields), "data_fingerprint": data_fingerprint(samples),
             "version": results_version(fields), "config": fields}
+
+
+def stored_config(record: dict, category: str = ""):
+    """The config a stored record was computed from, as a ConfigDict with today's field names
+    (less the fields that cannot change a result, NON_RESULT_FIELDS; `category` sets
+    data.category)."""
+    fields = upgrade_flat(record.get("config") or {})
+    if category:
+        fields = dict(fields, **{"data.category": category})
+    return ml_collections.ConfigDict(unflatten(fields))
 
 
 def differences(stored: dict, current: dict, limit: int = 3) -> List[str]:

@@ -150,6 +150,71 @@ def finished_points(workdir):
     return sorted(rows, key=lambda r: (r["category"], r["mode"], r["ratio"], r["method"]))
 
 
+@dataclasses.dataclass
+class CheckedPoints:
+    """A sweep folder's finished points by the sweep's provenance rules: `fresh`, rows as
+    `finished_points` gives them; `stale`, [(folder relative to DIR, row, reasons)]."""
+    fresh: list
+    stale: list
+
+
+def checked_points(workdir: str, check_data: bool = True) -> CheckedPoints:
+    """Every finished point under DIR/points, split by the rules under which a rerun of the
+    sweep would skip it: a point is stale when today's code records another results version
+    for its config; when its base config (less the fields the sweep's entries vary) differs
+    from that of the newest point of today's version in DIR, the sweep that ran last; and, with `check_data`,
+    when its category's files changed since it was computed (the data is listed and stat-ed,
+    not read; a category that cannot be listed now raises, naming it)."""
+    stored = []
+    for root, _, files in sorted(os.walk(os.path.join(workdir, "points"))):
+        path = os.path.join(root, "result.json")
+        if "result.json" in files and not os.path.basename(root).startswith("."):
+            try:
+                stored.append((os.path.relpath(root, workdir), _read(path),
+                               os.path.getmtime(path)))
+            except FileNotFoundError:  # replaced by another shard just now
+                continue
+    if not stored:
+        return CheckedPoints([], [])
+    today = [s for s in stored
+             if provenance.comparable_version(s[1]) == provenance.RESULTS_VERSION]
+    newest = max(today or stored, key=lambda s: s[2])[1]
+    varied = _entry_fields(provenance.stored_config(newest),
+                           [r.get("method") for _, r, _ in stored])
+    reference = _base(newest, varied)
+    listed = {}
+    fresh, stale = [], []
+    for rel, record, _ in stored:
+        row = {k: v for k, v in record.items() if k not in PROVENANCE}
+        version = provenance.comparable_version(record)
+        reasons = ([f"results version {version}"] if version != provenance.RESULTS_VERSION
+                   else provenance.differences(_base(record, varied), reference))
+        if not reasons and check_data:
+            reasons = _data_changes(record, listed)
+        (stale.append((rel, row, reasons)) if reasons else fresh.append(row))
+    key = lambda r: (r["category"], r["mode"], r["ratio"], r["method"])  # noqa: E731
+    return CheckedPoints(sorted(fresh, key=key), sorted(stale, key=lambda s: key(s[1])))
+
+
+def _data_changes(record: dict, listed: dict) -> list:
+    """[why] when the files of the point's split differ from those it was computed on (its
+    category listed once per data config, in `listed`)."""
+    category = record["category"]
+    config = provenance.stored_config(record, category)
+    key = (category, fingerprint(config.data.to_dict()), config.seed)
+    if key not in listed:
+        try:
+            listed[key] = evaluate.readable_category(config, category)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"the data of category {category!r} cannot be listed now ({e}), "
+                             "so its points cannot be checked; make it readable, or pass "
+                             "--check_data=false to table them without checking") from None
+    split = evaluate.prepare_split(config, category, listed[key])
+    now = provenance.data_fingerprint(split.train + split.test)
+    return [] if now == record.get("data_fingerprint") else [
+        "the images or masks (added, removed or modified files)"]
+
+
 def parse_shard(spec: str):
     """'i/n' -> (i, n): this process runs every n-th point, starting at point i."""
     try:

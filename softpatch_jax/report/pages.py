@@ -19,8 +19,8 @@ from softpatch_jax.files import atomic_path
 from softpatch_jax.io import report
 from softpatch_jax.io.assets import GALLERY_GROUPS
 from softpatch_jax.io.text import html_text, url_path
-from softpatch_jax.pipeline.sweep import POINT_FIELDS
-from softpatch_jax.report import runs
+from softpatch_jax.pipeline.sweep import POINT_FIELDS, checked_points
+from softpatch_jax.report import runs, tables
 from softpatch_jax.report.charts import (ANOMALY_COLOUR, NORMAL_COLOUR, PALETTE, secs,
                                          svg_histogram, svg_lines, svg_ranks, svg_stage_bars)
 from softpatch_jax.report.runs import config_field, number
@@ -597,6 +597,14 @@ def sweep_report(workdir: str) -> str:
         means = ("<h3>Mean over categories</h3>"
                  + _metric_table(mean_rows, [(c, labels[c]) for c in cols], corner="setting",
                                  mean_row=False))
+    checked = checked_points(workdir, check_data=False)  # the files alone: rebuildable anywhere
+    paper = "".join(tables.html(t) for t in tables.paper_tables(checked.fresh, checked.stale))
+    paper = ('<section id="paper"><h2>Paper tables</h2><p>The SoftPatch paper\'s layout: '
+             "Average over the categories and Gap (each method's average minus its noise-free "
+             "one); the best of each row within a setting in bold; stale points (another "
+             "results version or base config) are not shown. <code>python -m experiments.table"
+             "</code> writes them as Markdown, CSV and LaTeX.</p>" + paper + "</section>"
+             ) if paper else ""
     # The fields the points differ in are the sweep's axes, in the title; the rest is shared.
     config = {k: v for k, v in (pts[0][1].get("config") or {}).items()
               if k not in SWEPT_FIELDS} if pts else None
@@ -609,10 +617,12 @@ def sweep_report(workdir: str) -> str:
             + '<div class="charts">' + "".join(charts) + "</div></section>",
             '<section id="table"><h2>Results</h2>' + table + means
             + _links(workdir, ("results.csv", "results.md", "metrics.json",
-                               "auroc_vs_noise.png", "run.log")) + "</section>",
-            _config_section(config)]
-    page = _page(title, _stamp(workdir), [("#curves", "curves"), ("#table", "results"),
-                                          ("#config", "config")], body)
+                               "auroc_vs_noise.png", "run.log", "table.md", "table.csv",
+                               "table.tex")) + "</section>",
+            paper, _config_section(config)]
+    nav = [("#curves", "curves"), ("#table", "results")] + (
+        [("#paper", "paper tables")] if paper else []) + [("#config", "config")]
+    page = _page(title, _stamp(workdir), nav, body)
     return _write(os.path.join(workdir, REPORT_FILE), page)
 
 
