@@ -1,6 +1,6 @@
 """The ground floor of file handling, below every layer: files that are complete or absent
 (atomic writes, folders replaced whole, valid JSON), the fingerprint and hash of what a result
-depends on, and folder walks that symbolic link loops cannot trap."""
+depends on, folder walks that symbolic link loops cannot trap, and nested dicts from flat keys."""
 import contextlib
 import glob
 import hashlib
@@ -134,3 +134,16 @@ def glob_once(pattern: str) -> List[str]:
             else:
                 found.append(folder)
     return sorted({os.path.normpath(p) if here else p for p in found})
+
+
+def unflatten(flat: dict, sep: str) -> dict:
+    """{'a<sep>b': 1} -> {'a': {'b': 1}}: the nested form of flat keys (a stored config's
+    dotted fields, an export's '/'-joined input names; values untouched, traced arrays too)."""
+    tree: dict = {}
+    for name, value in flat.items():
+        *path, leaf = name.split(sep)
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree

@@ -37,6 +37,7 @@ from softpatch_jax import methods, shapes
 from softpatch_jax.data import preprocess
 from softpatch_jax.evaluation import anomaly_map
 from softpatch_jax.features.extractor import Embedder
+from softpatch_jax import files
 from softpatch_jax.files import staged_dir, write_json
 from softpatch_jax.ops import warp as affine
 from softpatch_jax.version import __version__
@@ -69,14 +70,7 @@ def flatten(tree: dict, prefix: str = "") -> Dict[str, np.ndarray]:
 
 def unflatten(flat: Dict[str, object]) -> dict:
     """The inverse of `flatten` (works on traced arrays)."""
-    tree: dict = {}
-    for name, value in flat.items():
-        *path, leaf = name.split("/")
-        node = tree
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
+    return files.unflatten(flat, "/")
 
 
 # -- the scoring function of a fitted category ----------------------------------------------------

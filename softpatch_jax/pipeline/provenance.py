@@ -8,7 +8,7 @@ from typing import Dict, List, Sequence
 
 import ml_collections
 
-from softpatch_jax.files import fingerprint
+from softpatch_jax.files import fingerprint, unflatten
 from softpatch_jax.upgrade import upgrade_flat
 from softpatch_jax.version import RESULTS_VERSION
 
@@ -28,18 +28,6 @@ def flatten(tree: dict, prefix: str = "") -> Dict[str, object]:
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
-
-
-def unflatten(fields: Dict[str, object]) -> dict:
-    """The inverse of `flatten`: {'a.b': 1} -> {'a': {'b': 1}}."""
-    tree: dict = {}
-    for dotted, value in fields.items():
-        *path, leaf = dotted.split(".")
-        node = tree
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 def result_config(config, drop: Sequence[str] = ()) -> Dict[str, object]:
@@ -92,7 +80,7 @@ def stored_config(record: dict, category: str = ""):
     fields = upgrade_flat(record.get("config") or {})
     if category:
         fields = dict(fields, **{"data.category": category})
-    return ml_collections.ConfigDict(unflatten(fields))
+    return ml_collections.ConfigDict(unflatten(fields, "."))
 
 
 def differences(stored: dict, current: dict, limit: int = 3) -> List[str]:
