@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.bank.coreset_ratio = 0.1
     config.bank.projection_dim = 128      # coreset and discriminators' random projection
     config.bank.num_starts = 10
+    config.bank.sampler = "greedy"        # greedy (k-center coreset) | random (PatchCore-random)
     config.bank.num_nn = 1                # nearest neighbours averaged per patch score
     config.bank.reweight_neighbours = 0   # PatchCore image-score reweighting (paper: 9); 0 = off
 

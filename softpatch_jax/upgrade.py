@@ -66,6 +66,7 @@ LEGACY_DEFAULTS: Dict[str, object] = {
 # filled in wherever a stored config or result lacks them, so its results stay recognised.
 ADDED: Dict[str, object] = {
     "data.tile": 0,
+    "bank.sampler": "greedy",
 }
 
 # Sections added whole since 0.3.0: a stored config (one with a model section) that lacks one

@@ -77,6 +77,7 @@ class InReaCh(PatchCore):
                  position_test: bool = True, position_threshold: float = 1000.0,
                  resize: int = 256, load_batch: int = 16, **bank):
         super().__init__(**bank)
+        self.sampler = None  # no coreset: the bank is every nominal patch
         self.seeds, self.min_channel_length = seeds, min_channel_length
         self.max_channel_std, self.spread = max_channel_std, spread
         self.position_weight, self.position_test = position_weight, position_test
@@ -100,14 +101,19 @@ class InReaCh(PatchCore):
             raise ValueError(f"inreach.position_weight={own['position_weight']} must be >= 0")
         if own["blur_sigma"] < 0:
             raise ValueError(f"inreach.blur_sigma={own['blur_sigma']} must be >= 0")
+        if config.bank.sampler != "greedy":
+            raise ValueError(f"bank.sampler={config.bank.sampler!r} does not apply to "
+                             "model.method=inreach: its bank is every nominal patch; leave "
+                             "it greedy")
         bank = bank_options(config)
         bank.update(blur_sigma=float(own.pop("blur_sigma")), coreset_ratio=1.0, num_nn=1,
                     reweight_neighbours=0)
+        del bank["sampler"]
         return cls(**own, resize=config.data.resize, load_batch=config.data.batch_size,
                    **bank)
 
     def with_sampler(self, wrap) -> "InReaCh":
-        return self  # no coreset: the bank is every nominal patch
+        return self  # no sampler to wrap
 
     @property
     def label(self) -> str:

@@ -23,7 +23,7 @@ from softpatch_jax.evaluation.pruned import BoundedGrids
 from softpatch_jax.methods.base import Features, FeatureSpec, Method, Scores
 from softpatch_jax.methods.registry import register
 from softpatch_jax.ops import knn, leave_out
-from softpatch_jax.ops.coreset import GreedyCoreset, Sampler
+from softpatch_jax.ops.coreset import SAMPLERS, GreedyCoreset, RandomSubsample, Sampler
 from softpatch_jax.ops.search import make_search
 from softpatch_jax.settings import comma_list
 
@@ -244,13 +244,17 @@ def bank_options(config) -> dict:
         raise ValueError(f"bank.num_nn={b.num_nn} must be >= 1")
     if b.reweight_neighbours < 0:
         raise ValueError(f"bank.reweight_neighbours={b.reweight_neighbours} must be >= 0")
+    if b.sampler not in SAMPLERS:
+        raise ValueError(f"bank.sampler={b.sampler!r} must be one of {', '.join(SAMPLERS)}")
     budget = runtime.memory_budget_mb
     exact = bool(runtime.exact_pruning)  # pruned exact paths (same results)
+    sampler = (GreedyCoreset(b.projection_dim, b.num_starts, budget, pruning=exact)
+               if b.sampler == "greedy" else RandomSubsample())
     return dict(layers=tuple(comma_list(config.backbone.layers)),
                 coreset_ratio=b.coreset_ratio, num_nn=b.num_nn,
                 reweight_neighbours=b.reweight_neighbours, image_size=config.data.image_size,
                 blur_sigma=config.model.blur_sigma, budget_mb=budget,
-                sampler=GreedyCoreset(b.projection_dim, b.num_starts, budget, pruning=exact),
+                sampler=sampler,
                 search=make_search(budget, runtime.multi_device, exact))
 
 

@@ -514,3 +514,30 @@ class GreedyCoreset:
         """(N, d) projected rows -> (count,) chosen indices, in pick order."""
         return greedy_coreset(reduced, count, key, weights, self.num_starts,
                               progress=self.progress, pruning=self.pruning)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomSubsample:
+    """A uniform random subsample of the eligible rows (weight > 0), as many as the coreset
+    would pick: the SoftPatch paper's PatchCore-random. `project` is the identity (nothing is
+    measured), so a bank of it costs no projection."""
+    progress: bool = False
+
+    def project(self, features: np.ndarray, key: jax.Array) -> np.ndarray:
+        """(..., D) -> (N, D), rows flattened (a view, no copy)."""
+        return np.asarray(features).reshape(-1, features.shape[-1])
+
+    def select(self, reduced, count: int, key: jax.Array, weights=None) -> np.ndarray:
+        """(N, d) rows -> (count,) distinct eligible indices, uniformly drawn by `key`."""
+        n = reduced.shape[0]
+        eligible = (np.arange(n) if weights is None
+                    else np.flatnonzero(np.asarray(weights) > 0))
+        if not 0 < count <= len(eligible):
+            raise ValueError(f"random subsample of {count} rows asked of {len(eligible)} "
+                             "eligible")
+        order = np.asarray(jax.random.permutation(key, len(eligible)))
+        return eligible[order[:count]].astype(np.int32)
+
+
+SAMPLERS = ("greedy", "random")
+

@@ -107,3 +107,10 @@ class BatchedCoreset:
 
     def select(self, reduced, count: int, key, weights=None) -> np.ndarray:
         return self.hub.select(reduced, count, key, weights, self.inner.num_starts)
+
+
+def batched(sampler, hub: CoresetHub):
+    """`sampler` with its selections batched at `hub` where it is a greedy coreset; any other
+    (a random subsample) as it is: it has no greedy chain to batch."""
+    return BatchedCoreset(sampler, hub) if isinstance(sampler, coreset.GreedyCoreset) else sampler
+

@@ -319,7 +319,7 @@ def _run_batch(workdir, config, items, extractors, staging):
             d = pc.data
             extractor.embed(split.train + split.test, d.resize, d.image_size, d.batch_size,
                             f"{point[0]}: features")
-        method = method.with_sampler(lambda sampler: batching.BatchedCoreset(sampler, hub))
+        method = method.with_sampler(lambda sampler: batching.batched(sampler, hub))
         batched.append((point, pc, method, split, record))
         hub.join()  # all join before any runs: a lone early selection would run unbatched
     items = batched

@@ -114,7 +114,8 @@ def test_position_test_matches_numpy(shape):
     ("inreach.spread", "median", "inreach.spread='median' must be code"),
     ("inreach.seeds", 0, "inreach.seeds=0 must be >= 1"),
     ("inreach.max_channel_std", 0.0, "inreach.max_channel_std=0.0 must be > 0"),
-    ("inreach.position_weight", -1.0, "inreach.position_weight=-1.0 must be >= 0")])
+    ("inreach.position_weight", -1.0, "inreach.position_weight=-1.0 must be >= 0"),
+    ("bank.sampler", "random", "bank.sampler='random' does not apply to model.method=inreach")])
 def test_bad_fields_are_refused_naming_them(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         methods.from_config(_config({field: value}))
