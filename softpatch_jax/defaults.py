@@ -45,7 +45,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.backbone.embed_dim = 1024      # locally aware patch features: pooled size
 
     config.model = ml_collections.ConfigDict()
-    config.model.method = "softpatch"     # softpatch | softpatch_plus | patchcore | padim | fyd
+    config.model.method = "softpatch"     # softpatch | softpatch_plus | patchcore | padim | fyd |
+    #                                       inreach
+    # Image-level denoising before the fit (pipeline/prefilter.py): a method's name drops the
+    # training images it finds most suspicious ('' = none), prefilter_share of them, or auto
+    # (the audit's modified z-score rule on its left-out scores).
+    config.model.prefilter = ""
+    config.model.prefilter_share = ml_collections.FieldReference("auto", field_type=object)
     config.model.blur_sigma = 4.0         # every method: Gaussian smoothing of the anomaly maps
 
     # The memory bank (patchcore, softpatch, softpatch_plus).

@@ -17,7 +17,7 @@ from typing import Dict, Iterator
 # without finer ones; `estimate` is an `auto` ratio's provisional fit), leave-own-image-out
 # scores and thresholds, the training-set audit, the checkpoint, test features, scoring with the
 # maps, metrics and the report's assets. JSON files sort their keys: show stages in this order.
-STAGES = ("image_check", "alignment", "position_test", "features_train", "discriminator", "estimate", "coreset",
+STAGES = ("image_check", "prefilter", "alignment", "position_test", "features_train", "discriminator", "estimate", "coreset",
           "fit", "calibration", "audit", "checkpoint", "features_test", "scoring", "metrics",
           "report_assets")
 

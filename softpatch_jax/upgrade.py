@@ -67,6 +67,8 @@ LEGACY_DEFAULTS: Dict[str, object] = {
 ADDED: Dict[str, object] = {
     "data.tile": 0,
     "bank.sampler": "greedy",
+    "model.prefilter": "",
+    "model.prefilter_share": "auto",
 }
 
 # Sections added whole since 0.3.0: a stored config (one with a model section) that lacks one
@@ -83,7 +85,7 @@ def _added_section(section: str) -> dict:
 # Fields that take more than one type (N or (height, width); a number or auto): ml_collections
 # would otherwise refuse a pair or `auto` where the stored value is a number.
 ANY_TYPE = ("data.image_size", "data.tile", "denoise.ratio", "denoise.soft_weight",
-            "softpatch_plus.cls_ratio", "softpatch_plus.seg_ratio")
+            "softpatch_plus.cls_ratio", "softpatch_plus.seg_ratio", "model.prefilter_share")
 
 
 def is_legacy(config) -> bool:

@@ -51,7 +51,9 @@ def test_values_move_to_their_new_names():
     assert (new.denoise.ratio, new.softpatch_plus.cls_ratio, new.softpatch_plus.seg_ratio,
             new.denoise.lof_k, new.backbone.name, new.padim.dim, new.bank.num_nn) == \
         (0.2, 0.1, 0.4, 4, "efficientnet_lite1", 32, 3)
-    assert set(new.model.keys()) == {"method", "blur_sigma"}
+    # and the model fields added since, with what a config without them meant (no prefilter)
+    assert set(new.model.keys()) == {"method", "blur_sigma", "prefilter", "prefilter_share"}
+    assert (new.model.prefilter, new.model.prefilter_share) == ("", "auto")
     validation.check_known_fields(new)
 
 
@@ -94,6 +96,7 @@ def test_flat_records_and_command_line_names():
                                  "data.name": "elpv"}) == {
         "denoise.ratio": 0.15, "model.method": "softpatch", "data.name": "elpv",
         "data.tile": 0,  # added in 0.3.1: what a record without it meant
+        "model.prefilter": "", "model.prefilter_share": "auto",  # added since: no prefilter
         # a section added whole (InReaCh's): its defaults, which no method it named read
         **{f"inreach.{k}": v for k, v in defaults.get_config().inreach.items()}}
     assert upgrade.renamed_override("model.grouping") == "denoise.grouping"

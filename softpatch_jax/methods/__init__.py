@@ -36,8 +36,17 @@ def sweep_overrides(entry: str, config=None) -> dict:
     `section.field`, or a field name found in one section only (0.2's `model.*` names too, e.g.
     `threshold` for denoise.ratio); `config` says which fields exist and their types (bool,
     int, float or str; in a str value `+` stands for `,`, which separates the sweep's entries:
-    `fusion=lof+nearest`)."""
+    `fusion=lof+nearest`). `first+entry` (e.g. `padim+patchcore`, `padim+lof`) fits `entry`
+    on the training images that method `first` does not drop (model.prefilter,
+    pipeline/prefilter.py)."""
     name, *variant = entry.split("@")
+    first, plus, name = name.rpartition("+")
+    if plus:
+        if first not in names():
+            raise ValueError(f"sweep.discriminators entry {entry!r}: {first!r} before '+' must "
+                             f"be a method ({', '.join(names())}) that drops training images")
+        fields = sweep_overrides("@".join([name] + variant), config)
+        return {**fields, "model.prefilter": first}
     if name in names() and name != DEFAULT:
         fields = {"model.method": name}
     elif name == "none" or name in discriminators.names():
@@ -54,6 +63,8 @@ def sweep_overrides(entry: str, config=None) -> dict:
         dotted = resolve_field(field, config, f"sweep.discriminators entry {entry!r}")
         section, key = dotted.split(".")
         like = config[section][key]
+        if dotted in upgrade.ANY_TYPE and like == "auto":
+            like = 0.0  # a number-or-auto field whose default is auto: a number is a number
         fields[dotted] = (value if value == "auto" and dotted in upgrade.ANY_TYPE
                           else _typed(value, like, f"{entry!r}: {dotted}"))
     return fields

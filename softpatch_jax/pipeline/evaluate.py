@@ -23,8 +23,8 @@ from softpatch_jax.features.types import BackboneSpec
 from softpatch_jax.io import assets, checkpoint, report
 from softpatch_jax.files import json_safe, write_json
 from softpatch_jax.io.text import csv_text_cell
-from softpatch_jax.pipeline import (compilation, console, decisions, provenance, rundir,
-                                    validation)
+from softpatch_jax.pipeline import (compilation, console, decisions, prefilter, provenance,
+                                    rundir, validation)
 from softpatch_jax.settings import comma_list
 from softpatch_jax.timing import NO_CLOCK, STAGES, StageClock
 from softpatch_jax.upgrade import upgrade
@@ -213,6 +213,17 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
     clock = StageClock()
     if split.check_seconds:
         clock.seconds["image_check"] = split.check_seconds
+    # Image-level denoising: a first method drops the most suspicious training images.
+    first, dropped = prefilter.drop_suspicious(
+        config, split, jax.random.fold_in(category_key(config.seed, category), 1), train_dir,
+        category, extractor_for, clock)
+    if dropped is not None:
+        injected = decisions.injected_flags(split)
+        prefilter.write_ranking(os.path.join(out_dir, f"prefilter_{category}.csv"),
+                                decisions.audit_names(split.train), dropped, injected)
+        prefiltered = dropped.record(first, injected)
+    protocol = split  # the noise as injected: the counts and the test set
+    split = split if dropped is None else dropped.split
     fitted = fit_category(method, split.train, extractor, d, category_key(config.seed, category),
                           train_dir, category, settings, config.seed, clock)
     cal = fitted.calibration
@@ -226,8 +237,10 @@ def evaluate_category(config, category: str, extractor, out_dir: str, train_dir:
         write_scores(os.path.join(out_dir, "scores.csv"), split.test, scores.image)
         has_masks = any(s.has_mask for s in split.test)
         masks = load_masks(split.test, d) if has_masks or overlay else None  # read once
-        result = category_metrics(split, scores, masks if has_masks else None)
+        result = category_metrics(protocol, scores, masks if has_masks else None)
         result.update(method.summary(fitted.state))
+        if dropped is not None:
+            result.update(prefiltered)
         if cal.contamination is not None:  # how contaminated the pile looks, and what it removed
             result.update(cal.contamination.record(), denoise_ratios=cal.ratios)
     with clock.stage("audit"):

@@ -141,6 +141,11 @@ def check_config(config) -> methods.Method:
     from softpatch_jax.pipeline import decisions
 
     decisions.Settings.from_config(config)  # audit.* and threshold.*
+    from softpatch_jax.pipeline import prefilter
+
+    first = prefilter.options(config)
+    if first.method:
+        methods.from_config(prefilter.first_config(config))  # its own fields, checked
     return methods.from_config(config)
 
 
