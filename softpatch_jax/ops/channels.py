@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from softpatch_jax.ops.chunking import chunk_size
+from softpatch_jax.ops.chunking import pad_rows, bucket_rows, chunk_size
 
 
 def with_positions(patches, grid: Tuple[int, int], weight: float):
@@ -82,8 +82,10 @@ def associate(patches: np.ndarray, seeds: int, budget_mb: float = 1024,
             seed = jnp.asarray(patches[s])
             for start in range(s + 1, b, step):
                 stop = min(b, start + step)
-                d2, idx, mut = (np.asarray(a) for a in _match_chunk(seed,
-                                                                    jnp.asarray(patches[start:stop])))
+                # Padded to a few bucketed sizes (one compile each); each image's row is its own.
+                chunk = pad_rows(patches[start:stop], bucket_rows(stop - start, step))
+                d2, idx, mut = (np.asarray(a)[:stop - start]
+                                for a in _match_chunk(seed, jnp.asarray(chunk)))
                 better = d2 < best[start:stop]  # strict: the earlier seed wins a tie
                 best[start:stop] = np.where(better, d2, best[start:stop])
                 seed_of[start:stop] = np.where(better, s, seed_of[start:stop])

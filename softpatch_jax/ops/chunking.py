@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 Array = Union[np.ndarray, jax.Array]
 
 
-def _pad_rows(x: Array, rows: int) -> Array:
+def pad_rows(x: Array, rows: int) -> Array:
     """(n, ...) -> (rows, ...) by repeating the last row (same array library as the input)."""
     n = x.shape[0]
     if n == rows:
@@ -54,7 +54,7 @@ def map_chunks(fn: Callable[..., Union[Array, Tuple[Array, ...]]], arrays: Seque
 
     with tqdm(total=n, desc=desc, disable=not progress, leave=False) as bar:
         for s in range(0, n, step):
-            chunk = [_pad_rows(a[s:s + step], step) for a in arrays]
+            chunk = [pad_rows(a[s:s + step], step) for a in arrays]
             rows = min(step, n - s)
             pending.append((rows, fn(*chunk)))
             if len(pending) > in_flight:
