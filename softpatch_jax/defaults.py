@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.method = "softpatch"     # softpatch | softpatch_plus | patchcore | padim | fyd |
-    #                                       inreach
+    #                                       inreach | spade
     # Image-level denoising before the fit (pipeline/prefilter.py): a method's name drops the
     # training images it finds most suspicious ('' = none), prefilter_share of them, or auto
     # (the audit's modified z-score rule on its left-out scores).
@@ -137,6 +137,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.inreach.position_threshold = 1000.0  # that test's mean squared difference (0-255)
     config.inreach.blur_sigma = 13.0      # map blur (pixels at data.image_size; model.blur_sigma
     #                                       is the other methods')
+
+    # SPADE (model.method=spade): kNN over pooled image features picks each test image's nearest
+    # training images; its patches' kNN distances to their patches are the map.
+    config.spade = ml_collections.ConfigDict()
+    config.spade.image_k = 50             # nearest training images (the paper's K)
+    config.spade.pixel_k = 1              # nearest patches per test patch (the paper's kappa)
 
     # The training-set audit (which training images are defective) and the label-free decision
     # thresholds (pipeline/decisions.py); no test label is read for either.

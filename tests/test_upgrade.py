@@ -98,7 +98,8 @@ def test_flat_records_and_command_line_names():
         "data.tile": 0,  # added in 0.3.1: what a record without it meant
         "model.prefilter": "", "model.prefilter_share": "auto",  # added since: no prefilter
         # a section added whole (InReaCh's): its defaults, which no method it named read
-        **{f"inreach.{k}": v for k, v in defaults.get_config().inreach.items()}}
+        **{f"{section}.{k}": v for section in upgrade.ADDED_SECTIONS
+           for k, v in defaults.get_config()[section].items()}}
     assert upgrade.renamed_override("model.grouping") == "denoise.grouping"
     assert upgrade.renamed_override("model.method") == ""
 
@@ -106,11 +107,12 @@ def test_flat_records_and_command_line_names():
 def test_a_record_from_before_a_section_was_added_has_no_differences():
     today = ml_collections.ConfigDict(_today())
     record = provenance.record(today, [])
+    added = upgrade.ADDED_SECTIONS
     before = dict(record, config={k: v for k, v in record["config"].items()
-                                  if not k.startswith("inreach.")})
+                                  if k.split(".")[0] not in added})
     assert provenance.differences(before, record) == []
-    assert upgrade.upgrade({k: v for k, v in today.to_dict().items() if k != "inreach"}
-                           ).inreach.to_dict() == today.inreach.to_dict()
+    old = upgrade.upgrade({k: v for k, v in today.to_dict().items() if k not in added})
+    assert all(old[s].to_dict() == today[s].to_dict() for s in added)
 
 
 def test_a_0_2_record_of_the_same_config_has_no_differences():

@@ -140,9 +140,10 @@ def test_every_method_fits_and_scores(method):
 
 
 def test_every_method_is_registered_and_unknown_names_list_the_choices():
-    assert set(methods.names()) >= {"softpatch", "softpatch_plus", "patchcore", "padim", "fyd"}
-    with pytest.raises(ValueError, match="model.method='spade' is unknown; choose one of "):
-        methods.from_config(_config("spade"))
+    assert set(methods.names()) >= {"softpatch", "softpatch_plus", "patchcore", "padim", "fyd",
+                                    "inreach", "spade"}
+    with pytest.raises(ValueError, match="model.method='knn' is unknown; choose one of "):
+        methods.from_config(_config("knn"))
     with pytest.raises(ValueError, match="denoise.discriminator='median' is unknown"):
         methods.from_config(_config("softpatch", {"denoise.discriminator": "median"}))
     with pytest.raises(ValueError, match="softpatch_plus.fusion='median' is unknown"):

@@ -100,7 +100,7 @@ def test_sweep_entries_name_the_first_method(mvtec_root, tmp_path, cache_dir):
 
 
 @pytest.mark.parametrize("fields,message", [
-    ({"model.prefilter": "spade"}, "model.prefilter='spade' is not a method"),
+    ({"model.prefilter": "knn"}, "model.prefilter='knn' is not a method"),
     ({"model.prefilter_share": 1.5}, "model.prefilter_share=1.5 must be 'auto' or a share"),
     ({"model.prefilter": "padim", "padim.dim": -1}, "padim.dim=-1 must be >= 0")])
 def test_bad_prefilter_fields_are_refused_before_any_compute(fields, message, mvtec_root,
