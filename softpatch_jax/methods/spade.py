@@ -34,11 +34,10 @@ class Gallery:
         return cls(np.asarray(arrays["patches"]), np.asarray(arrays["pooled"]))
 
 
-def _distances(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """(N, D), (M, D) -> (N, M) Euclidean distances (clipped at 0 before the root)."""
-    d2 = (jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None, :]
-          - 2.0 * jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST))
-    return jnp.sqrt(jnp.maximum(d2, 0.0))
+def _squared(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """(N, D), (M, D) -> (N, M) squared distances by the expansion (for ranking)."""
+    return (jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None, :]
+            - 2.0 * jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST))
 
 
 def spade_scores(feats: jnp.ndarray, gallery: dict, image_k: int, pixel_k: int, rows: int):
@@ -59,8 +58,12 @@ def spade_scores(feats: jnp.ndarray, gallery: dict, image_k: int, pixel_k: int, 
     def one(args):
         x, idx = args                                               # (P, D), (K,)
         bank = train[idx].reshape(-1, d)                            # (K * P, D)
-        neg_px, _ = jax.lax.top_k(-_distances(x, bank), pixel_k)
-        return -jnp.mean(neg_px, axis=1)
+        # Nearest by the expansion, then their distances by differences: near 0 (a test
+        # image that is also a training image) the expansion's rounding, under the root,
+        # would be most of the value.
+        _, near = jax.lax.top_k(-_squared(x, bank), pixel_k)       # (P, k)
+        diff = x[:, None, :] - bank[near]
+        return jnp.mean(jnp.sqrt(jnp.sum(diff * diff, axis=-1)), axis=1)
 
     pad = (-n) % rows
     xs = jnp.concatenate([feats, jnp.repeat(feats[-1:], pad, axis=0)]) if pad else feats

@@ -23,7 +23,8 @@ BATCH = 4  # the exported program's batch, not predict's 8: 9 files as 4, 4 and 
 # <= 2.2e-7 x the map's maximum (maps), FYD included. A map pixel's rounding follows the map's
 # largest values (upsampling and blur sum them), hence test_export.py's map atol of 1e-6 x it.
 RTOL, ATOL, MAP_ATOL = 1e-5, 1e-5, 1e-6
-FIELDS = {"patchcore": {"bank.num_nn": 2, "bank.reweight_neighbours": 3}}  # k > 1, reweighting
+FIELDS = {"patchcore": {"bank.num_nn": 2, "bank.reweight_neighbours": 3},  # k > 1, reweighting
+          "spade": {"spade.image_k": 3}}  # fewer than a k-fold fit's training images
 
 
 @pytest.fixture(scope="module")

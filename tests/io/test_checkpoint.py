@@ -7,6 +7,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from softpatch_jax.io import checkpoint
+from softpatch_jax.upgrade import upgrade
 from softpatch_jax.methods import patchcore
 from softpatch_jax.ops import knn
 
@@ -21,6 +22,11 @@ CONFIG = {"backbone": {"weights": "random", "name": "resnet18"},
           "model": {"method": "patchcore"}, "seed": 0}
 CONFIG_0_2 = {"model": {"weights": "random", "backbone": "resnet18", "method": "patchcore"},
               "seed": 0}  # the same, as 0.2 stored it
+# What a load gives back: the stored config in today's shape (fields added since filled in with
+# what a config without them meant, e.g. no prefilter), its own values unchanged.
+TODAY = upgrade(CONFIG).to_dict()
+assert all(TODAY[s] == {**TODAY[s], **v} if isinstance(v, dict) else TODAY[s] == v
+           for s, v in CONFIG.items())
 
 
 def test_round_trip_and_same_predictions(tmp_path):
@@ -30,7 +36,7 @@ def test_round_trip_and_same_predictions(tmp_path):
     assert set(loaded) == {"features", "weights"}
     for k in bank:
         np.testing.assert_array_equal(loaded[k], bank[k])
-    assert meta["config"] == CONFIG and meta["grid"] == [2, 2]
+    assert meta["config"] == TODAY and meta["grid"] == [2, 2]
     test = np.random.default_rng(1).normal(size=(3, 4, 8)).astype(np.float32)
 
     def scores(arrays):
@@ -73,7 +79,7 @@ def test_checkpoints_of_the_old_layout_still_load(tmp_path):
     _legacy_save(path, _bank(0), CONFIG_0_2, (2, 2))
     loaded, meta = checkpoint.load_model(path)
     np.testing.assert_array_equal(loaded["features"], _bank(0)["features"])
-    assert meta["grid"] == [2, 2] and meta["config"] == CONFIG
+    assert meta["grid"] == [2, 2] and meta["config"] == TODAY
     os.rename(path, path + ".old")  # the state an old save left if killed mid-swap
     loaded, _ = checkpoint.load_model(path)
     np.testing.assert_array_equal(loaded["features"], _bank(0)["features"])

@@ -12,6 +12,7 @@ from softpatch_jax.export import exporter
 from softpatch_jax.methods import spade
 from softpatch_jax.methods.base import Features
 from softpatch_jax.pipeline import evaluate, predict, sweep
+from softpatch_jax.report import write_report
 
 from conftest import load_config
 
@@ -95,3 +96,4 @@ def test_spade_runs_through_sweep_fit_predict_export_and_report(mvtec_root, tmp_
     spec.loader.exec_module(loader)
     np.testing.assert_allclose(loader.Scorer(folder).score_files(images)["scores"], scores,
                                rtol=1e-4)
+    assert "spade" in open(write_report(workdir)).read()
