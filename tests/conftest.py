@@ -34,6 +34,16 @@ def load_config(name: str):
     return mod.get_config()
 
 
+def tiny_sweep_config(root: str, cache_dir: str, categories: str = "widget"):
+    """configs/sweeps/noise.py on generated categories at 32 px (the end-to-end tests')."""
+    c = load_config("sweeps/noise.py")
+    c.data.root, c.data.category = root, categories
+    c.data.resize = c.data.image_size = 32
+    c.data.batch_size = 8
+    c.runtime.cache_dir = cache_dir
+    return c
+
+
 def contaminated_pile(b: int, share: float, seed: int, p: int = 36, d: int = 16):
     """(B, P, D) features: a Gaussian per position; round(share * B) images carry a defect on 2-5
     random positions (shifted far from the normal cloud). -> (features, defective (B,) bool,

@@ -18,7 +18,7 @@ from softpatch_jax.methods.base import Features
 from softpatch_jax.pipeline import evaluate, predict, sweep
 from softpatch_jax.report import write_report
 
-from conftest import load_config
+from conftest import load_config, tiny_sweep_config
 from inreach_reference import associate_numpy as _associate_numpy
 from inreach_reference import members_numpy as _members_numpy
 
@@ -136,11 +136,7 @@ def _scores_csv(path):
 
 def test_inreach_runs_through_sweep_fit_predict_export_and_report(mvtec_root, tmp_path,
                                                                    cache_dir):
-    c = load_config("sweeps/noise.py")
-    c.data.root, c.data.category = mvtec_root, "widget"
-    c.data.resize = c.data.image_size = 32
-    c.data.batch_size = 8
-    c.runtime.cache_dir = cache_dir
+    c = tiny_sweep_config(mvtec_root, cache_dir)
     c.inreach.seeds, c.inreach.min_channel_length = 3, 2
     c.sweep.ratios, c.sweep.discriminators = "0,0.25", "inreach,inreach@spread=code"
     c.sweep.modes, c.sweep.overlays = "overlap", False

@@ -14,7 +14,7 @@ from softpatch_jax.methods.base import Features
 from softpatch_jax.pipeline import evaluate, predict, sweep
 from softpatch_jax.report import write_report
 
-from conftest import load_config
+from conftest import load_config, tiny_sweep_config
 
 
 def _config(fields=None):
@@ -67,11 +67,7 @@ def test_fields_and_too_few_images_are_refused():
 
 def test_spade_runs_through_sweep_fit_predict_export_and_report(mvtec_root, tmp_path,
                                                                 cache_dir):
-    c = load_config("sweeps/noise.py")
-    c.data.root, c.data.category = mvtec_root, "widget"
-    c.data.resize = c.data.image_size = 32
-    c.data.batch_size = 8
-    c.runtime.cache_dir = cache_dir
+    c = tiny_sweep_config(mvtec_root, cache_dir)
     c.spade.image_k = 4
     c.sweep.ratios, c.sweep.modes = "0.25", "overlap"
     c.sweep.discriminators, c.sweep.overlays = "spade,spade@pixel_k=3", False

@@ -12,15 +12,11 @@ import pytest
 from softpatch_jax import methods
 from softpatch_jax.pipeline import evaluate, prefilter, sweep, validation
 
-from conftest import load_config
+from conftest import load_config, tiny_sweep_config
 
 
 def _config(root, cache_dir, fields=None):
-    c = load_config("sweeps/noise.py")
-    c.data.root, c.data.category = root, "widget"
-    c.data.resize = c.data.image_size = 32
-    c.data.batch_size = 8
-    c.runtime.cache_dir = cache_dir
+    c = tiny_sweep_config(root, cache_dir)
     c.noise.ratio, c.noise.mode = 0.25, "overlap"
     c.update_from_flattened_dict({"model.method": "patchcore", "model.prefilter": "patchcore",
                                   "model.prefilter_share": 0.25, "bank.coreset_ratio": 1.0,

@@ -14,7 +14,7 @@ from softpatch_jax.data import synthetic
 from softpatch_jax.pipeline import sweep
 from softpatch_jax.report import tables, write_report
 
-from conftest import load_config
+from conftest import tiny_sweep_config
 from experiments import table as table_cli
 
 
@@ -111,11 +111,7 @@ def test_latex_is_balanced_with_every_row_the_tabulars_width():
 
 
 def _two_category_sweep(root, workdir, cache_dir, entries="none,lof"):
-    c = load_config("sweeps/noise.py")
-    c.data.root, c.data.category = root, "widget,gadget"
-    c.data.resize = c.data.image_size = 32
-    c.data.batch_size = 8
-    c.runtime.cache_dir = cache_dir
+    c = tiny_sweep_config(root, cache_dir, "widget,gadget")
     c.denoise.lof_k = 3
     c.sweep.ratios, c.sweep.modes = "0,0.25", "overlap"
     c.sweep.discriminators, c.sweep.overlays = entries, False
