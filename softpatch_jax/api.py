@@ -145,6 +145,10 @@ class Model:
             c[section][key] = value
         self.config = upgrade(c)
         self.method = validation.check_config(self.config)  # one line naming a bad value
+        if self.config.model.prefilter:  # never a fit of another config than the one asked
+            raise ValueError(f"{where}: model.prefilter is applied by the command line's fit "
+                             "and sweeps only (python -m softpatch_jax.main), not by this API "
+                             "yet; leave it '' and drop the images you distrust before fit()")
 
     def fit(self, images: Sequence, name: str = "images",
             names: Optional[Sequence[str]] = None) -> Fitted:

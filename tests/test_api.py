@@ -90,6 +90,8 @@ def test_a_fit_from_python_scores_as_the_command_line(cli_run, mvtec_root, cache
                          "one"),
     (dict(discriminator="median"), "denoise.discriminator='median' is unknown"),
     (dict(config={"bank.coreset_ratio": 0.0}), r"bank.coreset_ratio=0.0 must lie in \(0, 1\]"),
+    (dict(prefilter="padim"), "model.prefilter is applied by the command line's fit and sweeps "
+                              "only"),
 ])
 def test_bad_settings_are_one_line_before_any_compute(fields, message):
     with pytest.raises(ValueError, match=message) as e:
