@@ -156,10 +156,6 @@ class InReaCh(PatchCore):
         return Features(channels.with_positions(features.patches, tuple(fitted.grid),
                                                 float(fitted.position_weight)), features.grid)
 
-    def image_scores(self, bank, features: Features, grids: np.ndarray) -> np.ndarray:
-        """The maximum of the blurred anomaly map (the official code's image score)."""
-        return anomaly_map.anomaly_maps(grids, self.image_size, self.blur_sigma).max(axis=(1, 2))
-
     def score(self, fitted: ChannelBank, features: Features,
               exclude: Optional[np.ndarray] = None) -> Scores:
         embedded = self._embedded(fitted, features)

@@ -139,15 +139,28 @@ def _read(path: str) -> dict:
 def finished_points(workdir):
     """Every finished point under DIR/points, also those of earlier sweeps into the same DIR
     (e.g. one per noise mode), in a stable order, without their provenance."""
-    rows = []
+    rows = [{k: v for k, v in row.items() if k not in PROVENANCE}
+            for _, row, _ in _stored_points(workdir)]
+    return sorted(rows, key=_row_order)
+
+
+def _stored_points(workdir):
+    """[(folder relative to DIR, stored result, its modification time)] of every finished
+    point under DIR/points (a point being moved by another shard is skipped)."""
+    stored = []
     for root, _, files in sorted(os.walk(os.path.join(workdir, "points"))):
+        path = os.path.join(root, "result.json")
         if "result.json" in files and not os.path.basename(root).startswith("."):
             try:
-                row = _read(os.path.join(root, "result.json"))
+                stored.append((os.path.relpath(root, workdir), _read(path),
+                               os.path.getmtime(path)))
             except FileNotFoundError:  # replaced by another shard just now
                 continue
-            rows.append({k: v for k, v in row.items() if k not in PROVENANCE})
-    return sorted(rows, key=lambda r: (r["category"], r["mode"], r["ratio"], r["method"]))
+    return stored
+
+
+def _row_order(r):
+    return (r["category"], r["mode"], r["ratio"], r["method"])
 
 
 @dataclasses.dataclass
@@ -165,15 +178,7 @@ def checked_points(workdir: str, check_data: bool = True) -> CheckedPoints:
     from that of the newest point of today's version in DIR, the sweep that ran last; and, with `check_data`,
     when its category's files changed since it was computed (the data is listed and stat-ed,
     not read; a category that cannot be listed now raises, naming it)."""
-    stored = []
-    for root, _, files in sorted(os.walk(os.path.join(workdir, "points"))):
-        path = os.path.join(root, "result.json")
-        if "result.json" in files and not os.path.basename(root).startswith("."):
-            try:
-                stored.append((os.path.relpath(root, workdir), _read(path),
-                               os.path.getmtime(path)))
-            except FileNotFoundError:  # replaced by another shard just now
-                continue
+    stored = _stored_points(workdir)
     if not stored:
         return CheckedPoints([], [])
     today = [s for s in stored
@@ -192,8 +197,8 @@ def checked_points(workdir: str, check_data: bool = True) -> CheckedPoints:
         if not reasons and check_data:
             reasons = _data_changes(record, listed)
         (stale.append((rel, row, reasons)) if reasons else fresh.append(row))
-    key = lambda r: (r["category"], r["mode"], r["ratio"], r["method"])  # noqa: E731
-    return CheckedPoints(sorted(fresh, key=key), sorted(stale, key=lambda s: key(s[1])))
+    return CheckedPoints(sorted(fresh, key=_row_order),
+                         sorted(stale, key=lambda s: _row_order(s[1])))
 
 
 def _data_changes(record: dict, listed: dict) -> list:
