@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.method = "softpatch"     # softpatch | softpatch_plus | patchcore | padim | fyd |
-    #                                       inreach | spade
+    #                                       inreach | spade | cflow
     # Image-level denoising before the fit (pipeline/prefilter.py): a method's name drops the
     # training images it finds most suspicious ('' = none), prefilter_share of them, or auto
     # (the audit's modified z-score rule on its left-out scores).
@@ -143,6 +143,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.spade = ml_collections.ConfigDict()
     config.spade.image_k = 50             # nearest training images (the paper's K)
     config.spade.pixel_k = 1              # nearest patches per test patch (the paper's kappa)
+
+    # CFLOW-AD (model.method=cflow): a conditional normalising flow per tapped stage, trained
+    # on the training fibres; the official code's defaults (docs/methods.md, "CFLOW").
+    config.cflow = ml_collections.ConfigDict()
+    config.cflow.layers = "stage3,stage5,stage6"  # the stride-8, -16 and -32 stage ends
+    config.cflow.coupling_blocks = 8
+    config.cflow.clamp_alpha = 1.9        # soft clamp of the coupling's log-scale
+    config.cflow.condition_dim = 128      # positional encoding's size (a multiple of 4)
+    config.cflow.fiber_batch = 256        # fibres per step (the official N)
+    config.cflow.meta_epochs = 25         # learning-rate schedule's epochs ...
+    config.cflow.sub_epochs = 8           # ... each this many passes over the fibres
+    config.cflow.learning_rate = 2e-4     # Adam
+    config.cflow.decay_rate = 0.1         # cosine decay to learning_rate * decay_rate**3
+    config.cflow.warmup_epochs = 2        # meta-epochs of linear warm-up from learning_rate/10
+    config.cflow.checkpoint_every = 1     # meta-epochs
 
     # The training-set audit (which training images are defective) and the label-free decision
     # thresholds (pipeline/decisions.py); no test label is read for either.

@@ -73,7 +73,7 @@ ADDED: Dict[str, object] = {
 
 # Sections added whole since 0.3.0: a stored config (one with a model section) that lacks one
 # meant its defaults (softpatch_jax/defaults.py), which no method it could name read.
-ADDED_SECTIONS = ("inreach", "spade")
+ADDED_SECTIONS = ("inreach", "spade", "cflow")
 
 
 def _added_section(section: str) -> dict:

@@ -53,6 +53,9 @@ class FeatureCache:
     def grid(self, image_size):
         return self.embedder.grid(image_size)
 
+    def tap_shapes(self, image_size, batch: int = 1):
+        return self.embedder.tap_shapes(image_size, batch)
+
     def _path(self, sample) -> str:
         return os.path.join(self.directory, _sample_key(sample) + ".npy")
 

@@ -23,7 +23,7 @@ from softpatch_jax import shapes
 from softpatch_jax.data import preprocess
 from softpatch_jax.features import padim, patch
 from softpatch_jax.features.backbones import build_backbone
-from softpatch_jax.features.types import BackboneSpec, Features, FeatureSpec
+from softpatch_jax.features.types import ALL_CHANNELS, BackboneSpec, Features, FeatureSpec
 
 
 def finest_first(maps: Dict[str, jnp.ndarray], taps: Sequence[str]) -> List[jnp.ndarray]:
@@ -73,7 +73,7 @@ class Embedder:
                  cache_dir: str = "", seed: int = 0, embed_dim: int = 1024, patch_size: int = 3,
                  dtype: str = "float32", padim_dim: int = 0, mesh=None, tile=0):
         """`padim_dim` > 0: PaDiM features (the tapped maps on the finest grid, `padim_dim`
-        channels drawn with the seed) instead of locally aware patch features. `mesh`: split
+        channels drawn with the seed; `ALL_CHANNELS`: all of them) instead of locally aware patch features. `mesh`: split
         each batch over its devices (data parallel). `tile`: 0, or N or (height, width): embed
         tiles of that size (module docstring)."""
         self.layers = tuple(layers)
@@ -84,8 +84,9 @@ class Embedder:
         if padim_dim:
             key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x9AD1)
             total = sum(s[-1] for s in self.tap_shapes(64).values())
-            self.padim_channels = tuple(
-                int(c) for c in padim.select_channels(key, total, padim_dim))
+            chosen = (np.arange(total) if padim_dim == ALL_CHANNELS
+                      else padim.select_channels(key, total, padim_dim))
+            self.padim_channels = tuple(int(c) for c in chosen)
         self.embed_dim = len(self.padim_channels) or embed_dim
         fn = functools.partial(self.embed_arrays, self.module, self.layers, embed_dim, patch_size,
                                self.padim_channels)

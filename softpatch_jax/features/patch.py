@@ -22,12 +22,15 @@ def adaptive_pool_matrix(length: int, out: int) -> np.ndarray:
     return m
 
 
-def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) matrix of 1-D linear interpolation, PyTorch align_corners=False."""
+def bilinear_matrix(size_in: int, size_out: int, align_corners: bool = False) -> np.ndarray:
+    """(size_out, size_in) matrix of 1-D linear interpolation, PyTorch's with `align_corners`."""
     m = np.zeros((size_out, size_in), np.float64)
     scale = size_in / size_out
     for o in range(size_out):
-        src = max((o + 0.5) * scale - 0.5, 0.0)
+        if align_corners:
+            src = o * (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+        else:
+            src = max((o + 0.5) * scale - 0.5, 0.0)
         i0 = min(int(np.floor(src)), size_in - 1)
         i1 = min(i0 + 1, size_in - 1)
         frac = src - i0

@@ -22,10 +22,14 @@ class BackboneSpec:
         return cls(b.name, b.weights, b.dtype, b.embed_dim, b.patch_size)
 
 
+ALL_CHANNELS = -1  # FeatureSpec.padim_dim: every tapped channel, none drawn
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
     """Which features a method reads: locally aware patch features of `layers` (`padim_dim` 0),
-    or PaDiM features, `padim_dim` seeded channels of `layers` on the finest grid.
+    or PaDiM features, `padim_dim` seeded channels of `layers` on the finest grid (`ALL_CHANNELS`:
+    every tapped channel, in tap order finest first; CFLOW reads each tap back from them).
     `data_parallel`: the extractor may split batches over devices."""
     layers: Tuple[str, ...]
     padim_dim: int = 0

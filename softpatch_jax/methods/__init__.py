@@ -12,13 +12,15 @@
   chain into channels spanning enough images (`inreach.*`).
 - `spade`: SPADE, kNN over pooled image features, then patch kNN against the nearest
   training images' patches (`spade.*`).
+- `cflow`: CFLOW-AD, a conditional normalising flow per tapped stage, conditioned on the
+  position (`cflow.*`).
 
 Adding a method: a `Method` subclass (methods/base.py) in a new module and `register(cls)`;
 adding a discriminator: a scorer and `ops.discriminators.register(name, ...)`.
 """
 from softpatch_jax import upgrade
-from softpatch_jax.methods import (fyd, inreach, padim, patchcore, softpatch,  # noqa: F401
-                                   spade)
+from softpatch_jax.methods import (cflow, fyd, inreach, padim, patchcore,  # noqa: F401
+                                   softpatch, spade)
 from softpatch_jax.methods.base import Features, FeatureSpec, Method, Scores  # noqa: F401
 from softpatch_jax.methods.registry import get, names, register  # noqa: F401
 from softpatch_jax.ops import discriminators
@@ -76,7 +78,7 @@ def sweep_overrides(entry: str, config=None) -> dict:
 # Sections a sweep variant may set (the method is the entry's name), with those registered
 # methods declare (Method.config_fields).
 VARIANT_SECTIONS = ("model", "backbone", "bank", "denoise", "softpatch_plus", "padim", "fyd",
-                    "inreach", "spade")
+                    "inreach", "spade", "cflow")
 
 
 def _variant_sections() -> tuple:
