@@ -141,7 +141,7 @@ def test_every_method_fits_and_scores(method):
 
 def test_every_method_is_registered_and_unknown_names_list_the_choices():
     assert set(methods.names()) >= {"softpatch", "softpatch_plus", "patchcore", "padim", "fyd",
-                                    "inreach", "spade"}
+                                    "inreach", "spade", "cflow"}
     with pytest.raises(ValueError, match="model.method='knn' is unknown; choose one of "):
         methods.from_config(_config("knn"))
     with pytest.raises(ValueError, match="denoise.discriminator='median' is unknown"):

@@ -7,7 +7,7 @@ features/padim.py with ALL_CHANNELS) and where the flows keep their checkpoints.
 fit: one conditional flow per stage (flow.py), trained on the training fibres at the stage's
 own resolution with the positional encoding as the condition (train.py); then each stage's
 largest per-dimension log-likelihood over the training fibres, the normaliser.
-score: per stage, p = exp(log-likelihood - that maximum) on its own grid, upsampled bilinearly
+score: per stage, p = exp(min(log-likelihood - that maximum, 0)) on its own grid, upsampled bilinearly
 (align_corners=True, as the official code) to the finest grid and summed; the patch score is
 (number of stages) - sum, so higher is more anomalous; the image score is the maximum of the
 map, blurred by `model.blur_sigma`.
@@ -172,7 +172,11 @@ class CFLOW(Method):
             for i, (s, net, (pos, cond, up_y, up_x)) in enumerate(zip(layout, nets, ops)):
                 lp = stage_log_probs(net, inputs["flows"][str(i)],
                                      feats[:, pos, s.start:s.stop], jnp.asarray(cond), rows)
-                prob = jnp.exp(lp - inputs["log_prob_max"][i]).reshape(n, *s.grid)
+                # A fibre likelier than every training fibre is as normal as the likeliest
+                # (p <= 1, as with the official test-set maximum): bounds the patch scores to
+                # [0, stages] and keeps exp from amplifying float32 rounding in the likelihood.
+                prob = jnp.exp(jnp.minimum(lp - inputs["log_prob_max"][i], 0.0))
+                prob = prob.reshape(n, *s.grid)
                 total = total + jnp.einsum("Hh,nhw,Ww->nHW", up_y, prob, up_x,
                                            precision=jax.lax.Precision.HIGHEST)
             return (len(layout) - total).reshape(n, -1), None
