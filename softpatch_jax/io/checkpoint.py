@@ -7,14 +7,15 @@ step beside the old one and orbax commits it atomically, so an interrupted save 
 previous model loadable. Folders written before the manager (the checkpoint itself at the path,
 or its `.old` twin from an interrupted swap) still load; a config stored by 0.2 is upgraded.
 """
+import json
 import os
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from softpatch_jax.files import file_sha256
+from softpatch_jax.files import atomic_path, file_sha256
 from softpatch_jax.upgrade import upgrade
 
 
@@ -73,3 +74,33 @@ def load_model(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
             raise ValueError(f"backbone weights {weights!r} changed since the model was fitted; "
                              "refit, or restore the original weights file")
     return jax.tree.map(np.asarray, restored["bank"]), meta
+
+
+class TrainingCheckpoints:
+    """A training run's resumable state in `folder` (FYD's and CFLOW's): orbax steps under
+    `checkpoints/` (the latest two kept) and the loss log `log.json`, written after each save so
+    the log never runs ahead of the state it describes."""
+
+    def __init__(self, folder: str):
+        self.log_path = os.path.join(folder, "log.json")
+        self.manager = ocp.CheckpointManager(
+            os.path.join(folder, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+    def resume(self, state: Any) -> Tuple[Any, List[Dict], bool]:
+        """-> (the latest saved state, else `state`; the log as saved; whether it resumed).
+        `state` gives the tree's structure."""
+        log = json.load(open(self.log_path)) if os.path.isfile(self.log_path) else []
+        step = self.manager.latest_step()
+        if step is None:
+            return state, log, False
+        return self.manager.restore(step, args=ocp.args.StandardRestore(state)), log, True
+
+    def save(self, step: int, state: Any, log: List[Dict]) -> None:
+        self.manager.save(step, args=ocp.args.StandardSave(state))
+        self.manager.wait_until_finished()
+        with atomic_path(self.log_path) as tmp, open(tmp, "w") as fh:
+            json.dump(log, fh, indent=1)
+
+    def close(self) -> None:
+        self.manager.close()

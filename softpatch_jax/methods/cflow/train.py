@@ -15,7 +15,6 @@ thresholds never overwrite the main fit's.
 """
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -26,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from softpatch_jax.files import atomic_path, fingerprint
+from softpatch_jax.files import fingerprint
+from softpatch_jax.io.checkpoint import TrainingCheckpoints
 from softpatch_jax.methods.cflow import flow as cflow
 
 STATE_VERSION = 1
@@ -178,12 +177,9 @@ def train(f: Options, fibres: Sequence[np.ndarray], layout: Sequence[Stage], dir
                              fibres=[_digest(x) for x in fibres]))
     folder = os.path.join(os.path.abspath(directory), "cflow", stamp[:16])
     os.makedirs(folder, exist_ok=True)
-    log_path = os.path.join(folder, "log.json")
-    log = json.load(open(log_path)) if os.path.isfile(log_path) else []
-    mngr = ocp.CheckpointManager(os.path.join(folder, "checkpoints"),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    if mngr.latest_step() is not None:
-        state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+    saved = TrainingCheckpoints(folder)
+    state, log, resumed = saved.resume(state)
+    if resumed:
         logging.info("CFLOW: resumed after meta-epoch %d", int(state["epoch"]))
     start = int(state["epoch"])
     log = [e for e in log if e["meta_epoch"] < start]
@@ -217,9 +213,6 @@ def train(f: Options, fibres: Sequence[np.ndarray], layout: Sequence[Stage], dir
             done = meta + 1
             if done % f.checkpoint_every == 0 or done == f.meta_epochs:
                 state = {"params": params, "opt": opt, "epoch": np.asarray(done, np.int32)}
-                mngr.save(done, args=ocp.args.StandardSave(state))
-                mngr.wait_until_finished()
-                with atomic_path(log_path) as tmp, open(tmp, "w") as fh:
-                    json.dump(log, fh, indent=1)
-    mngr.close()
+                saved.save(done, state, log)
+    saved.close()
     return [{"params": p, "rotation": v["rotation"]} for p, v in zip(params, variables)]

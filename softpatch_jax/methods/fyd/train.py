@@ -6,7 +6,6 @@ an orbax checkpoint after every `checkpoint_every` epochs, and a rerun resumes f
 when it was written for the same options and the same training images (else it starts over).
 """
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -17,14 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax.training import train_state
 from tqdm.auto import tqdm
 
 from softpatch_jax import shapes
 from softpatch_jax.data import preprocess
 from softpatch_jax.data.samples import item_stamp
-from softpatch_jax.files import atomic_path, fingerprint
+from softpatch_jax.files import fingerprint
+from softpatch_jax.io.checkpoint import TrainingCheckpoints
 from softpatch_jax.methods.fyd import model as fyd
 from softpatch_jax.methods.fyd import stn
 from softpatch_jax.ops import warp as affine
@@ -154,12 +153,9 @@ def train(f: Options, samples: Sequence, embedder, directory: str, key: jax.Arra
     os.makedirs(directory, exist_ok=True)
     with open(stamp, "w") as fh:
         fh.write(stamp_value)
-    log_path = os.path.join(directory, "log.json")
-    log = json.load(open(log_path)) if os.path.isfile(log_path) else []
-    mngr = ocp.CheckpointManager(os.path.join(directory, "checkpoints"),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    if mngr.latest_step() is not None:
-        state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+    saved = TrainingCheckpoints(directory)
+    state, log, resumed = saved.resume(state)
+    if resumed:
         logging.info("FYD: resumed from epoch %d", int(state.epoch))
     log = [e for e in log if e["epoch"] <= int(state.epoch)]  # epochs the state has seen
 
@@ -191,9 +187,6 @@ def train(f: Options, samples: Sequence, embedder, directory: str, key: jax.Arra
                             fine=f"{entry['fine']:.4f}")
             bar.update(1)
             if (epoch + 1) % f.checkpoint_every == 0 or epoch + 1 == f.epochs:
-                mngr.save(epoch + 1, args=ocp.args.StandardSave(state))
-                mngr.wait_until_finished()
-                with atomic_path(log_path) as tmp, open(tmp, "w") as fh:
-                    json.dump(log, fh, indent=1)
-    mngr.close()
+                saved.save(epoch + 1, state, log)
+    saved.close()
     return {"params": state.params, "batch_stats": state.batch_stats}
