@@ -2,7 +2,9 @@
 flow over one tapped stage's features, conditioned on a 2-D sinusoidal encoding of the position.
 
 Each of `blocks` coupling blocks is FrEIA's `AllInOneBlock` as the official code configures it
-(affine coupling with a soft clamp, SOFTPLUS global affine, a random rotation from SO(D)): for
+at FrEIA commit cc5cf5e, the one the official README pins (affine coupling with a soft clamp,
+SOFTPLUS global affine, a random rotation from SO(D); later FrEIA clamps clamp * tanh(a / clamp),
+a different block): for
 x (N, D) split into x1 (N, D - D//2) and x2 (N, D//2),
 
     a  = 0.1 * subnet([x1, c])                 subnet: Dense(2k) -> ReLU -> Dense(2 * D//2),

@@ -14,11 +14,16 @@ map, blurred by `model.blur_sigma`.
 
 Deviations (docs/methods.md, "CFLOW"): our backbone and taps (the ends of EfficientNet-Lite's
 stride-8, -16 and -32 stages, where the official EfficientNet-B5 choice is the same three
-strides); the likelihoods normalised by the training fibres' maximum, where the official code
-takes the test set's (so a test image's score depends on no other test image); upsampled to the
+strides); the likelihoods normalised by the training fibres' maximum and the ratio capped at 1,
+where the official code takes the test set's (so a test image's score depends on no other test
+image); float32, where the official score is float64 (a ratio under e^-87 underflows to 0; it
+would not move a sum of order 1 in float64 either); upsampled to the
 finest feature grid, then by the shared map operator to the image, and blurred; the fibres of
 all training images shuffled together per sub-epoch, where the official loop shuffles within
-each batch of 32 images; the warm-up's rate advances per fibre batch, not per image batch.
+each batch of 32 images (and drops fewer than 32 images, where we train on them); the warm-up's
+rate advances per fibre batch, not per image batch; the rotations are drawn by JAX (QR of a
+Gaussian, Haar as scipy's `special_ortho_group`, another random stream); separate Adam states
+per stage (train.py).
 """
 import dataclasses
 import functools
