@@ -70,14 +70,28 @@ def test_fit_and_score_on_features_as_before(golden, name):
     stored = [k[len(prefix + "fitted/"):] for k in golden if k.startswith(prefix + "fitted/")]
     assert stored
     for key in stored:  # every array pinned then is still there and equal (new ones may join)
-        np.testing.assert_array_equal(arrays[key], golden[prefix + "fitted/" + key], err_msg=key)
-    np.testing.assert_array_equal(scores.grids, golden[prefix + "grids"])
+        _as_pinned(name, arrays[key], golden[prefix + "fitted/" + key], err_msg=key)
+    _as_pinned(name, scores.grids, golden[prefix + "grids"])
     if name == "patchcore_knn_reweight":  # was weight * s*^2, now weight * s* (the paper's)
         best = golden[prefix + "grids"].reshape(5, -1).max(axis=1)
         np.testing.assert_allclose(scores.image, golden[prefix + "image"] / np.sqrt(best),
                                    rtol=1e-6)
     else:
-        np.testing.assert_array_equal(scores.image, golden[prefix + "image"])
+        _as_pinned(name, scores.image, golden[prefix + "image"])
+
+
+# Fits through a covariance and its Cholesky factor (XLA's CPU matmul and LAPACK) round
+# differently in the last bits on another CPU: measured under 1e-5 x the array's largest value
+# between the machine that pinned them and an AMD EPYC; exact on the pinning machine.
+GAUSSIAN = ("softpatch_gaussian", "padim")
+
+
+def _as_pinned(name, actual, pinned, err_msg=""):
+    if name in GAUSSIAN:
+        np.testing.assert_allclose(actual, pinned, rtol=0,
+                                   atol=1e-5 * np.abs(pinned).max(), err_msg=err_msg)
+    else:
+        np.testing.assert_array_equal(actual, pinned, err_msg=err_msg)
 
 
 @pytest.mark.parametrize("name", ["softpatch_lof", "patchcore", "softpatch_plus", "padim",
