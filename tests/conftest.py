@@ -58,3 +58,23 @@ def contaminated_pile(b: int, share: float, seed: int, p: int = 36, d: int = 16)
         x[i, pos] += rng.normal(size=(len(pos), d)) + 4.0 * rng.choice([-1, 1], size=(len(pos), d))
         patches[i, pos] = True
     return x.astype(np.float32), bad, patches
+
+
+def loader_and_predict_scores(workdir: str, mvtec_root: str, name: str):
+    """Three of the generated category's test images (good and defective) scored by
+    `--mode=predict` on `workdir` and by its exported loader.py -> (loader's, predict's)."""
+    import importlib.util
+
+    from softpatch_jax.export import exporter
+    from softpatch_jax.pipeline import predict
+
+    images = sorted(os.path.join(mvtec_root, "widget", "test", d, f)
+                    for d in ("good", "blob") for f in os.listdir(
+                        os.path.join(mvtec_root, "widget", "test", d)))[:3]
+    _, scores = predict.predict_images(workdir, images, write_maps=False)["widget"]
+    folder = exporter.export_workdir(workdir, batch=2)["widget"]
+    spec = importlib.util.spec_from_file_location(f"{name}_loader",
+                                                  os.path.join(folder, "loader.py"))
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    return loader.Scorer(folder).score_files(images)["scores"], scores

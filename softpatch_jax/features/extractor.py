@@ -73,9 +73,9 @@ class Embedder:
                  cache_dir: str = "", seed: int = 0, embed_dim: int = 1024, patch_size: int = 3,
                  dtype: str = "float32", padim_dim: int = 0, mesh=None, tile=0):
         """`padim_dim` > 0: PaDiM features (the tapped maps on the finest grid, `padim_dim`
-        channels drawn with the seed; `ALL_CHANNELS`: all of them) instead of locally aware patch features. `mesh`: split
-        each batch over its devices (data parallel). `tile`: 0, or N or (height, width): embed
-        tiles of that size (module docstring)."""
+        channels drawn with the seed; `ALL_CHANNELS`: all of them) instead of locally aware
+        patch features. `mesh`: split each batch over its devices (data parallel). `tile`: 0,
+        or N or (height, width): embed tiles of that size (module docstring)."""
         self.layers = tuple(layers)
         self.tile = shapes.hw(tile) if tile else None
         self.module, self.variables = build_backbone(backbone, self.layers, weights, cache_dir,

@@ -1,20 +1,17 @@
 """SPADE (methods/spade.py): image and patch scores against a NumPy reference on generated
 features, its checks, and the run through sweep, fit, checkpoint, predict, export and report."""
-import importlib.util
-import os
 
 import jax
 import numpy as np
 import pytest
 
 from softpatch_jax import methods
-from softpatch_jax.export import exporter
 from softpatch_jax.methods import spade
 from softpatch_jax.methods.base import Features
-from softpatch_jax.pipeline import evaluate, predict, sweep
+from softpatch_jax.pipeline import evaluate, sweep
 from softpatch_jax.report import write_report
 
-from conftest import load_config, tiny_sweep_config
+from conftest import load_config, loader_and_predict_scores, tiny_sweep_config
 
 
 def _config(fields=None):
@@ -81,15 +78,6 @@ def test_spade_runs_through_sweep_fit_predict_export_and_report(mvtec_root, tmp_
     result = evaluate.train_and_evaluate(run, workdir)["widget"]
     assert result["image_auroc"] == rows["spade"]["image_auroc"]
     assert result["threshold_source"] == "kfold"  # no leave-own-image-out form: folds
-    images = sorted(os.path.join(mvtec_root, "widget", "test", d, f)
-                    for d in ("good", "blob") for f in os.listdir(
-                        os.path.join(mvtec_root, "widget", "test", d)))[:3]
-    _, scores = predict.predict_images(workdir, images, write_maps=False)["widget"]
-    folder = exporter.export_workdir(workdir, batch=2)["widget"]
-    spec = importlib.util.spec_from_file_location("spade_loader",
-                                                  os.path.join(folder, "loader.py"))
-    loader = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loader)
-    np.testing.assert_allclose(loader.Scorer(folder).score_files(images)["scores"], scores,
-                               rtol=1e-4)
+    exported, predicted = loader_and_predict_scores(workdir, mvtec_root, "spade")
+    np.testing.assert_allclose(exported, predicted, rtol=1e-4)
     assert "spade" in open(write_report(workdir)).read()

@@ -7,10 +7,10 @@ features/padim.py with ALL_CHANNELS) and where the flows keep their checkpoints.
 fit: one conditional flow per stage (flow.py), trained on the training fibres at the stage's
 own resolution with the positional encoding as the condition (train.py); then each stage's
 largest per-dimension log-likelihood over the training fibres, the normaliser.
-score: per stage, p = exp(min(log-likelihood - that maximum, 0)) on its own grid, upsampled bilinearly
-(align_corners=True, as the official code) to the finest grid and summed; the patch score is
-(number of stages) - sum, so higher is more anomalous; the image score is the maximum of the
-map, blurred by `model.blur_sigma`.
+score: per stage, p = exp(min(log-likelihood - that maximum, 0)) on its own grid, upsampled
+bilinearly (align_corners=True, as the official code) to the finest grid and summed; the patch
+score is (number of stages) - sum, so higher is more anomalous; the image score is the maximum
+of the map, blurred by `model.blur_sigma`.
 
 Deviations (docs/methods.md, "CFLOW"): our backbone and taps (the ends of EfficientNet-Lite's
 stride-8, -16 and -32 stages, where the official EfficientNet-B5 choice is the same three

@@ -6,9 +6,10 @@ Per sub-epoch each stage's fibres (all training images) are shuffled and cut int
 on that stage's flow, its own optimiser state. That is torch's Adam over the union of the flows
 from torch 2.0 on, where `zero_grad` drops the other stages' gradients; under the torch 1.8 the
 official code was tested with, zeroed gradients still count, so each step also moves the other
-stages by momentum and advances their step counts (a deviation: docs/methods.md, "CFLOW"). The learning rate follows the official schedule: a
-linear warm-up from lr/10 over the first `warmup_epochs` meta-epochs, then cosine decay by
-meta-epoch to lr * decay_rate^3. A sub-epoch is one `jax.lax.scan` over its steps.
+stages by momentum and advances their step counts (a deviation: docs/methods.md, "CFLOW"). The
+learning rate follows the official schedule: a linear warm-up from lr/10 over the first
+`warmup_epochs` meta-epochs, then cosine decay by meta-epoch to lr * decay_rate^3. A sub-epoch
+is one `jax.lax.scan` over its steps.
 
 An orbax checkpoint after every `checkpoint_every` meta-epochs; a rerun resumes from the latest
 one when it was written for the same options and the same training features (else it starts
