@@ -125,6 +125,7 @@ def parse_flags(argv):
 
 
 GRACE_S = 3.0  # seconds a stopped run may take to unwind before it is ended at once
+REDELIVER_S = 0.05  # seconds after a swallowed stop before it is delivered again
 _STOPPED = {signal.SIGTERM: ("terminated", 143), signal.SIGINT: ("interrupted", 130)}
 
 
@@ -132,25 +133,33 @@ class Terminated(BaseException):
     """Raised in the main thread by SIGTERM (a BaseException: `except Exception` lets it by)."""
 
 
+_RAISED = {signal.SIGTERM: Terminated, signal.SIGINT: KeyboardInterrupt}
+
+
 def _stopped_line(what: str) -> str:
     return f"{what}; finished results are kept, rerun to continue"
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 @contextlib.contextmanager
 def stop_promptly(grace_s: float = GRACE_S):
-    """For the block: SIGTERM raises Terminated in the main thread, and a SIGTERM or SIGINT
-    that the main thread does not act on within `grace_s` (it is inside native code) ends the
-    process with the one line and its exit code. Outside the main thread: nothing."""
+    """For the block: SIGTERM raises Terminated and Ctrl-C KeyboardInterrupt in the main thread,
+    and a SIGTERM or SIGINT that the main thread does not act on within `grace_s` (it is inside
+    native code) ends the process with the one line and its exit code. Outside the main thread:
+    nothing.
+
+    Python swallows an exception raised where it cannot propagate (a gc callback such as JAX's,
+    a `__del__`) and prints "Exception ignored" with a traceback; a stop raised there is kept
+    quiet and delivered again `REDELIVER_S` later. A stop that the block still swallows (its
+    own `except BaseException`) ends the process with the line once the block returns: a stop
+    is never lost."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     wake_r, wake_w = socket.socketpair()
     wake_w.setblocking(False)
     finished = threading.Event()
+    requested = []  # the stop signals received, in order
+    redeliveries = []  # timers delivering a swallowed stop again
 
     def watch():
         while True:
@@ -163,15 +172,43 @@ def stop_promptly(grace_s: float = GRACE_S):
                     print(_stopped_line(what), file=sys.stderr, flush=True)
                     os._exit(code)
 
+    def raise_stop(signum, frame):
+        requested.append(signum)
+        raise _RAISED[signum]()
+
+    previous_hook = sys.unraisablehook
+
+    def quiet_if_stop(unraisable):
+        stop = next((s for s, e in _RAISED.items() if isinstance(unraisable.exc_value, e)), None)
+        if stop is None or stop not in requested:
+            return previous_hook(unraisable)
+        # Delivered again from another thread, once the main thread has left the callback (a
+        # raise inside this hook would be swallowed too); a real signal also wakes a sleep.
+        again = threading.Timer(REDELIVER_S, signal.pthread_kill,
+                                (threading.main_thread().ident, stop))
+        again.daemon = True
+        redeliveries.append(again)
+        again.start()
+
+    # Ctrl-C keeps an ignoring handler (a job started in the background ignores SIGINT)
+    stops = [s for s in _RAISED
+             if s == signal.SIGTERM or signal.getsignal(s) is signal.default_int_handler]
     previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_handlers = {s: signal.signal(s, raise_stop) for s in stops}
+    sys.unraisablehook = quiet_if_stop
     watcher = threading.Thread(target=watch, name="stop-watcher", daemon=True)
     watcher.start()
     try:
         yield
+        if requested:  # raised and swallowed on the way: the run still ends as stopped
+            _end_now(*_STOPPED[requested[0]])
     finally:
         finished.set()
-        signal.signal(signal.SIGTERM, previous_handler)
+        for again in redeliveries:
+            again.cancel()
+        sys.unraisablehook = previous_hook
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
         signal.set_wakeup_fd(previous_fd)
         wake_w.close()  # the watcher's recv returns b"": it ends
         watcher.join(1.0)
