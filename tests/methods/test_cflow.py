@@ -298,6 +298,7 @@ def test_cflow_runs_through_sweep_fit_predict_export_and_report(mvtec_root, tmp_
     c = tiny_sweep_config(mvtec_root, cache_dir)
     c.cflow.update(dict(coupling_blocks=2, condition_dim=8, fiber_batch=32, meta_epochs=2,
                         sub_epochs=1))
+    c.threshold.source = "none"  # the fit below checks the k-fold refits; each compiles anew
     c.threshold.folds = 2
     c.update_from_flattened_dict({"model.prefilter_share": 0.25})
     c.sweep.ratios, c.sweep.modes = "0.25", "overlap"
@@ -309,6 +310,7 @@ def test_cflow_runs_through_sweep_fit_predict_export_and_report(mvtec_root, tmp_
     run = c.copy_and_resolve_references()
     with run.unlocked():
         run.noise.ratio, run.noise.mode, run.model.method = 0.25, "overlap", "cflow"
+        run.threshold.source = "auto"
         del run["sweep"]
     workdir = str(tmp_path / "fit")
     result = evaluate.train_and_evaluate(run, workdir)["widget"]
