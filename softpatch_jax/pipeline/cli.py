@@ -151,7 +151,8 @@ def stop_promptly(grace_s: float = GRACE_S):
     a `__del__`) and prints "Exception ignored" with a traceback; a stop raised there is kept
     quiet and delivered again `REDELIVER_S` later. A stop that the block still swallows (its
     own `except BaseException`) ends the process with the line once the block returns: a stop
-    is never lost."""
+    is never lost. A second stop while the first unwinds is not raised (it would cut the
+    cleanups short: staging folders, the lock); the grace still bounds the unwinding."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -172,8 +173,13 @@ def stop_promptly(grace_s: float = GRACE_S):
                     print(_stopped_line(what), file=sys.stderr, flush=True)
                     os._exit(code)
 
+    unwinding = [0]  # stops raised and not swallowed: on their way out through the cleanups
+
     def raise_stop(signum, frame):
         requested.append(signum)
+        if unwinding[0]:  # a stop is already unwinding: its cleanups are not cut short
+            return
+        unwinding[0] += 1
         raise _RAISED[signum]()
 
     previous_hook = sys.unraisablehook
@@ -182,6 +188,7 @@ def stop_promptly(grace_s: float = GRACE_S):
         stop = next((s for s, e in _RAISED.items() if isinstance(unraisable.exc_value, e)), None)
         if stop is None or stop not in requested:
             return previous_hook(unraisable)
+        unwinding[0] -= 1
         # Delivered again from another thread, once the main thread has left the callback (a
         # raise inside this hook would be swallowed too); a real signal also wakes a sleep.
         again = threading.Timer(REDELIVER_S, signal.pthread_kill,

@@ -206,6 +206,34 @@ def test_a_stop_raised_where_python_swallows_it_is_not_lost(signame, code, what)
     assert caught.stderr.strip() == f"{what}; {STOPPED}"
 
 
+def test_a_second_stop_does_not_cut_the_cleanups_short():
+    """SIGTERM, then another stop while the first unwinds through a `finally` (a staging
+    folder's removal): the cleanup runs to its end, then the one line and 143."""
+    script = textwrap.dedent("""
+        import signal, time
+        from softpatch_jax.pipeline import cli
+
+        def work():
+            try:
+                print("ready", flush=True)
+                time.sleep(60)
+            finally:
+                signal.raise_signal(signal.SIGINT)  # Ctrl-C pressed during the cleanup
+                time.sleep(0.2)
+                print("cleaned up", flush=True)
+
+        cli.run_or_exit(work)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert out == "cleaned up\n"
+    assert err.strip() == f"terminated; {STOPPED}"
+
+
 _HOLDER = textwrap.dedent("""
     import sys
     from softpatch_jax.io.lock import workdir_lock
