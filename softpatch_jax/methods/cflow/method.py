@@ -27,7 +27,7 @@ per stage (train.py).
 """
 import dataclasses
 import functools
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import flax.struct
 import jax
@@ -117,10 +117,6 @@ class CFLOW(Method):
     def label(self) -> str:
         return f"{self.options.coupling_blocks} blocks"
 
-    def _nets(self, layout: Sequence[cflow_train.Stage]):
-        f = self.options
-        return [cflow.ConditionalFlow(s.dim, f.coupling_blocks, f.clamp_alpha) for s in layout]
-
     def _rows(self, layout) -> int:
         """Images per scoring chunk under runtime.memory_budget_mb: each fibre's widest
         activations (the subnet's hidden layer), a few held at once."""
@@ -148,10 +144,10 @@ class CFLOW(Method):
                                   identity, progress)
         rows = self._rows(layout)
         maxima = []
-        for net, variables, x, s in zip(self._nets(layout), flows, fibres, layout):
-            cond = jnp.asarray(cflow.positional_encoding(self.options.condition_dim, *s.grid))
+        for net, variables, x, cond in zip(cflow_train.flows(self.options, layout), flows,
+                                           fibres, cflow_train.conditions(self.options, layout)):
             lp = jax.jit(functools.partial(stage_log_probs, net, rows=rows))(
-                variables, jnp.asarray(x), cond)
+                variables, jnp.asarray(x), jnp.asarray(cond))
             maxima.append(float(jnp.max(lp)))
         stages = np.asarray([[s.start, s.stop, *s.grid] for s in layout], np.int32)
         return FlowState(tuple(flows), stages, np.asarray(maxima, np.float32))
@@ -161,11 +157,10 @@ class CFLOW(Method):
         layout and the finest grid are static (from the state's shapes)."""
         layout = fitted.layout()
         finest = (max(s.grid[0] for s in layout), max(s.grid[1] for s in layout))
-        nets, rows, f = self._nets(layout), self._rows(layout), self.options
+        nets, rows = cflow_train.flows(self.options, layout), self._rows(layout)
         ops = []
-        for s in layout:
-            ops.append((cflow_train.native_positions(s.grid, finest),
-                        cflow.positional_encoding(f.condition_dim, *s.grid),
+        for s, cond in zip(layout, cflow_train.conditions(self.options, layout)):
+            ops.append((cflow_train.native_positions(s.grid, finest), cond,
                         bilinear_matrix(s.grid[0], finest[0], align_corners=True)
                         .astype(np.float32),
                         bilinear_matrix(s.grid[1], finest[1], align_corners=True)

@@ -99,6 +99,16 @@ def stages(tap_shapes: Sequence[Tuple[int, ...]]) -> List[Stage]:
     return out
 
 
+def flows(f: Options, layout: Sequence[Stage]) -> List[cflow.ConditionalFlow]:
+    """One conditional flow per stage, as `f` configures it."""
+    return [cflow.ConditionalFlow(s.dim, f.coupling_blocks, f.clamp_alpha) for s in layout]
+
+
+def conditions(f: Options, layout: Sequence[Stage]) -> List[np.ndarray]:
+    """Per stage its positions' encodings, (h * w, condition_dim) float32."""
+    return [cflow.positional_encoding(f.condition_dim, *s.grid) for s in layout]
+
+
 def native_positions(grid: Tuple[int, int], finest: Tuple[int, int]) -> np.ndarray:
     """Where a stage's own positions sit on the finest grid, (h * w,) row-major indices: the
     features hold a coarser stage nearest-upsampled (finest row i reads row floor(i * h / H)),
@@ -164,9 +174,8 @@ def train(f: Options, fibres: Sequence[np.ndarray], layout: Sequence[Stage], dir
     fibres on the stage's own grid. -> per stage its variables {'params', 'rotation'};
     checkpoints and a loss log (`log.json`: per sub-epoch mean losses by stage, seconds) in a
     folder of `directory` named by the fingerprint of all that determines the result."""
-    nets = [cflow.ConditionalFlow(s.dim, f.coupling_blocks, f.clamp_alpha) for s in layout]
-    conditions = [jnp.asarray(cflow.positional_encoding(f.condition_dim, *s.grid))
-                  for s in layout]
+    nets = flows(f, layout)
+    encodings = [jnp.asarray(c) for c in conditions(f, layout)]
     init_keys = jax.random.split(jax.random.fold_in(key, 0xC710), len(layout))
     data_key = jax.random.fold_in(key, 0xDA7A)
     variables = [cflow.init(net, k, f.condition_dim) for net, k in zip(nets, init_keys)]
@@ -207,7 +216,7 @@ def train(f: Options, fibres: Sequence[np.ndarray], layout: Sequence[Stage], dir
                     rates = jnp.asarray(learning_rates(f, meta, sub, steps))
                     params[i], opt[i], stage_losses = fn(params[i], opt[i],
                                                          variables[i]["rotation"], x,
-                                                         conditions[i], batches, rates)
+                                                         encodings[i], batches, rates)
                     losses.append(float(jnp.mean(stage_losses)))
                 log.append({"meta_epoch": meta, "sub_epoch": sub,
                             "seconds": round(time.time() - t0, 2), "loss": losses})
